@@ -1,0 +1,2 @@
+pub mod resp;
+pub mod store;

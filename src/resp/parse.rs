@@ -1,0 +1,483 @@
+//! Incremental request parser.
+//!
+//! # Input forms
+//! - Multibulk: `*<n>\r\n` followed by `n` bulk strings `$<len>\r\n<len bytes>\r\n`. This is
+//!   what every client library sends.
+//! - Inline: a single line of space-separated words (`PING\r\n`, `set a "b c"\n`), as typed into
+//!   `telnet`. Quoting follows Redis's `sdssplitargs`.
+//!
+//! # Resumption
+//! The parser keeps its position inside the unconsumed buffer between calls: the state of the
+//! command being read (how many arguments remain, the length of the bulk being read) and the
+//! byte ranges of the arguments already seen. A call with more bytes continues from there, so
+//! no byte is scanned twice however the input is split (line searches also remember how far
+//! they got).
+//!
+//! # Zero copy
+//! Complete commands are split off the front of the caller's `BytesMut` and frozen once; each
+//! argument is a `Bytes` slice of that region, so no argument is copied. Inline commands are the
+//! exception (quotes and escapes rewrite bytes).
+//!
+//! # Limits (all enforced before memory is committed)
+//! | limit | default | error |
+//! |---|---|---|
+//! | bulk length | 512 MiB (`--proto-max-bulk-len`) | `Protocol error: invalid bulk length` |
+//! | arguments per command | 1,048,576 | `Protocol error: invalid multibulk length` |
+//! | a length line (`*n` / `$n`) | 64 KiB | `Protocol error: too big mbulk count string` / `too big bulk count string` |
+//! | an inline command | 64 KiB | `Protocol error: too big inline request` |
+//!
+//! A declared length reserves nothing: bytes are buffered only as they arrive, and the query
+//! buffer limit (enforced by the connection) bounds that.
+
+use bytes::{Bytes, BytesMut};
+
+/// Largest line (`*n`, `$n` or an inline command) before the client is cut off, as in Redis
+/// (`PROTO_INLINE_MAX_SIZE`).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Limits the parser enforces. See the module docs for defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted bulk string (`proto-max-bulk-len`).
+    pub max_bulk_bytes: usize,
+    /// Largest accepted argument count of one command.
+    pub max_args: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_bytes: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+        }
+    }
+}
+
+/// A protocol violation. The connection replies with [`ParseError::message`] and closes,
+/// exactly as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    #[error("Protocol error: expected '$', got '{}'", char::from(*.0))]
+    ExpectedDollar(u8),
+    #[error("Protocol error: too big mbulk count string")]
+    TooBigMultibulkCount,
+    #[error("Protocol error: too big bulk count string")]
+    TooBigBulkCount,
+    #[error("Protocol error: too big inline request")]
+    TooBigInline,
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+}
+
+impl ParseError {
+    /// The error reply text (without the leading `-`).
+    pub fn message(&self) -> String {
+        format!("ERR {self}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between commands.
+    Start,
+    /// Inside a multibulk: `remaining` bulk strings still to read; next is a `$` header.
+    BulkHeader { remaining: usize },
+    /// Reading the payload of a bulk string of `len` bytes.
+    BulkData { len: usize, remaining: usize },
+}
+
+/// Resumable RESP request parser. One per connection.
+#[derive(Debug)]
+pub struct Parser {
+    limits: Limits,
+    state: State,
+    /// Offset in the caller's buffer up to which the current command has been parsed.
+    pos: usize,
+    /// Offset in the caller's buffer where the command being parsed starts; everything before
+    /// it is complete commands not yet split off.
+    cmd_start: usize,
+    /// Where the current line search stopped (no byte is searched twice).
+    line_scan: usize,
+    /// Argument ranges of the command being parsed.
+    ranges: Vec<(usize, usize)>,
+    /// Ranges of complete, not yet emitted commands, as indices into `done_ranges`.
+    done_ranges: Vec<(usize, usize)>,
+    done_cmds: Vec<(usize, usize)>,
+}
+
+impl Parser {
+    pub fn new(limits: Limits) -> Self {
+        Parser {
+            limits,
+            state: State::Start,
+            pos: 0,
+            cmd_start: 0,
+            line_scan: 0,
+            ranges: Vec::new(),
+            done_ranges: Vec::new(),
+            done_cmds: Vec::new(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Bytes at the front of the caller's buffer already examined by the parser.
+    pub fn pending_bytes(&self) -> usize {
+        self.pos
+    }
+
+    /// Parses every complete command at the front of `buf`, removes them from `buf` and appends
+    /// them to `out`. Bytes of an incomplete command stay in `buf` and the parser remembers how
+    /// far it got. On error, the commands parsed before the bad one are still in `out`; the
+    /// connection must be closed after replying.
+    pub fn parse(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
+        let result = self.parse_loop(buf, out);
+        self.emit(buf, out);
+        result
+    }
+
+    fn parse_loop(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
+        loop {
+            match self.state {
+                State::Start => {
+                    if self.pos >= buf.len() {
+                        return Ok(());
+                    }
+                    if buf[self.pos] != b'*' {
+                        // Inline commands are rare: emit what we have so that the inline
+                        // command stays in order, then parse it by copying.
+                        self.emit(buf, out);
+                        match self.parse_inline(buf)? {
+                            Some(args) => {
+                                if !args.is_empty() {
+                                    out.push(args);
+                                }
+                                continue;
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                    let Some(line_end) = self.find_line(buf, self.pos + 1) else {
+                        if buf.len() - self.pos > MAX_LINE_BYTES {
+                            return Err(ParseError::TooBigMultibulkCount);
+                        }
+                        return Ok(());
+                    };
+                    let n = parse_int(&buf[self.pos + 1..line_end]);
+                    self.pos = line_end + 2;
+                    match n {
+                        Some(n) if n > self.limits.max_args as i64 => {
+                            return Err(ParseError::InvalidMultibulkLength)
+                        }
+                        Some(n) if n <= 0 => {
+                            // `*0` and `*-1` are accepted and ignored, as in Redis.
+                            self.finish_empty();
+                        }
+                        Some(n) => {
+                            self.state = State::BulkHeader { remaining: n as usize };
+                        }
+                        None => return Err(ParseError::InvalidMultibulkLength),
+                    }
+                }
+                State::BulkHeader { remaining } => {
+                    if self.pos >= buf.len() {
+                        return Ok(());
+                    }
+                    if buf[self.pos] != b'$' {
+                        return Err(ParseError::ExpectedDollar(buf[self.pos]));
+                    }
+                    let Some(line_end) = self.find_line(buf, self.pos + 1) else {
+                        if buf.len() - self.pos > MAX_LINE_BYTES {
+                            return Err(ParseError::TooBigBulkCount);
+                        }
+                        return Ok(());
+                    };
+                    let len = match parse_int(&buf[self.pos + 1..line_end]) {
+                        Some(len) if len >= 0 && len as u64 <= self.limits.max_bulk_bytes as u64 => {
+                            len as usize
+                        }
+                        _ => return Err(ParseError::InvalidBulkLength),
+                    };
+                    self.pos = line_end + 2;
+                    self.state = State::BulkData { len, remaining };
+                }
+                State::BulkData { len, remaining } => {
+                    // The payload is followed by two bytes (CRLF) that Redis skips unchecked.
+                    if buf.len() < self.pos + len + 2 {
+                        return Ok(());
+                    }
+                    self.ranges.push((self.pos, self.pos + len));
+                    self.pos += len + 2;
+                    if remaining == 1 {
+                        self.finish_command();
+                    } else {
+                        self.state = State::BulkHeader { remaining: remaining - 1 };
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many more bytes the bulk string being read needs, if one is being read. Lets the
+    /// connection size its next read for large values instead of growing by doubling.
+    pub fn bulk_bytes_missing(&self, buffered: usize) -> usize {
+        match self.state {
+            State::BulkData { len, .. } => (self.pos + len + 2).saturating_sub(buffered),
+            _ => 0,
+        }
+    }
+
+    /// Finds the `\r` ending the line that starts at or before `from`, needing the byte after
+    /// it to be present, as Redis does. Returns the offset of `\r`.
+    fn find_line(&mut self, buf: &[u8], from: usize) -> Option<usize> {
+        let start = self.line_scan.max(from);
+        match memchr(b'\r', &buf[start.min(buf.len())..]) {
+            Some(i) if start + i + 1 < buf.len() => {
+                self.line_scan = 0;
+                Some(start + i)
+            }
+            Some(i) => {
+                // Found `\r` but not the byte after it: search from the `\r` next time.
+                self.line_scan = start + i;
+                None
+            }
+            None => {
+                self.line_scan = buf.len();
+                None
+            }
+        }
+    }
+
+    fn finish_command(&mut self) {
+        let first = self.done_ranges.len();
+        self.done_ranges.append(&mut self.ranges);
+        self.done_cmds.push((first, self.done_ranges.len()));
+        self.state = State::Start;
+        self.line_scan = 0;
+        self.cmd_start = self.pos;
+    }
+
+    fn finish_empty(&mut self) {
+        self.state = State::Start;
+        self.line_scan = 0;
+        self.cmd_start = self.pos;
+        // Nothing to emit, but the bytes are consumed: record an empty command marker.
+        let at = self.done_ranges.len();
+        self.done_cmds.push((at, at));
+    }
+
+    /// Splits the complete commands off `buf` in one freeze and pushes their arguments.
+    fn emit(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) {
+        if self.done_cmds.is_empty() {
+            return;
+        }
+        // Everything before the start of the current command is complete.
+        let consumed = self.cmd_start;
+        let frozen = buf.split_to(consumed).freeze();
+        for &(a, b) in &self.done_cmds {
+            if a == b {
+                continue;
+            }
+            out.push(self.done_ranges[a..b].iter().map(|&(s, e)| frozen.slice(s..e)).collect());
+        }
+        self.done_cmds.clear();
+        self.done_ranges.clear();
+        self.pos -= consumed;
+        for r in &mut self.ranges {
+            r.0 -= consumed;
+            r.1 -= consumed;
+        }
+        if self.line_scan >= consumed {
+            self.line_scan -= consumed;
+        } else {
+            self.line_scan = 0;
+        }
+        self.cmd_start = 0;
+    }
+
+    /// Parses one inline command at the front of `buf` (which holds no complete multibulk
+    /// command before it). Returns `None` when the line is incomplete.
+    fn parse_inline(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ParseError> {
+        debug_assert_eq!(self.pos, 0);
+        let from = self.line_scan;
+        let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+            if buf.len() > MAX_LINE_BYTES {
+                return Err(ParseError::TooBigInline);
+            }
+            self.line_scan = buf.len();
+            return Ok(None);
+        };
+        self.line_scan = 0;
+        let line = buf.split_to(nl + 1);
+        let mut line = &line[..nl];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        let args = split_args(line).ok_or(ParseError::UnbalancedQuotes)?;
+        if args.len() > self.limits.max_args {
+            return Err(ParseError::InvalidMultibulkLength);
+        }
+        Ok(Some(args.into_iter().map(Bytes::from).collect()))
+    }
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    memchr::memchr(needle, haystack)
+}
+
+/// Parses a signed 64-bit integer exactly as Redis's `string2ll`: an optional `-`, then digits
+/// with no leading zero (except `0` itself), no spaces, no `+`, no overflow.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut v: u64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    if neg {
+        if v > i64::MAX as u64 + 1 {
+            None
+        } else {
+            Some((v as i64).wrapping_neg())
+        }
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+fn parse_int(s: &[u8]) -> Option<i64> {
+    parse_i64(s)
+}
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Splits an inline command line into arguments with Redis's `sdssplitargs` rules: words are
+/// separated by white space; `"..."` supports `\n \r \t \b \a \\ \" \xHH`; `'...'` supports
+/// `\'`; a closing quote must be followed by white space or the end. `None` on bad quoting.
+pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let at = |i: usize| line.get(i).copied();
+    loop {
+        while at(i).is_some_and(is_space) {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let (mut in_dq, mut in_sq) = (false, false);
+        loop {
+            let c = at(i);
+            if in_dq {
+                match c {
+                    None => return None,
+                    Some(b'\\') if at(i + 1) == Some(b'x')
+                        && at(i + 2).and_then(hex_val).is_some()
+                        && at(i + 3).and_then(hex_val).is_some() =>
+                    {
+                        let hi = at(i + 2).and_then(hex_val)?;
+                        let lo = at(i + 3).and_then(hex_val)?;
+                        cur.push(hi * 16 + lo);
+                        i += 4;
+                    }
+                    Some(b'\\') if at(i + 1).is_some() => {
+                        let e = at(i + 1)?;
+                        cur.push(match e {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        if at(i + 1).is_some_and(|n| !is_space(n)) {
+                            return None;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(other) => {
+                        cur.push(other);
+                        i += 1;
+                    }
+                }
+            } else if in_sq {
+                match c {
+                    None => return None,
+                    Some(b'\\') if at(i + 1) == Some(b'\'') => {
+                        cur.push(b'\'');
+                        i += 2;
+                    }
+                    Some(b'\'') => {
+                        if at(i + 1).is_some_and(|n| !is_space(n)) {
+                            return None;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(other) => {
+                        cur.push(other);
+                        i += 1;
+                    }
+                }
+            } else {
+                match c {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => {
+                        in_dq = true;
+                        i += 1;
+                    }
+                    Some(b'\'') => {
+                        in_sq = true;
+                        i += 1;
+                    }
+                    Some(other) => {
+                        cur.push(other);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        args.push(cur);
+    }
+}
