@@ -1,2 +1,28 @@
+//! ringcache: a thread-per-core, io_uring cache server that speaks the Redis protocol.
+//!
+//! # Layout
+//! One module per concept; read them in this order.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | command-line options and their defaults |
+//! | [`server`] | startup and shutdown: listeners, one pinned glommio executor per shard, signals |
+//! | [`conn`] | one client connection: read, parse, execute in rounds, write |
+//! | [`resp`] | the RESP protocol: request parser and reply encoder (pure, no I/O) |
+//! | [`cmd`] | the command table and every command, one file per family |
+//! | [`shard`] | a shard's state, the channel mesh between shards, the multi-shard gate |
+//! | [`coord`] | multi-key commands whose keys span shards |
+//! | [`store`] | a shard's keyspace: the hash table and its entries |
+//! | [`error`] | startup errors, each with the fix |
+//!
+//! `docs/ARCHITECTURE.md` draws how they fit together.
+
+pub mod cmd;
+pub mod config;
+pub mod conn;
+pub mod coord;
+pub mod error;
 pub mod resp;
+pub mod server;
+pub mod shard;
 pub mod store;

@@ -57,7 +57,10 @@ impl<'a> ReplyWriter<'a> {
     /// in it are replaced by spaces, as Redis does, so a reply can never be split.
     pub fn error(&mut self, msg: &str) {
         self.buf.push(b'-');
-        self.buf.extend(msg.bytes().map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
+        self.buf.extend(
+            msg.bytes()
+                .map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
+        );
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -124,7 +127,9 @@ impl<'a> ReplyWriter<'a> {
     pub fn boolean(&mut self, v: bool) {
         match self.proto {
             Protocol::Resp2 => self.integer(v as i64),
-            Protocol::Resp3 => self.buf.extend_from_slice(if v { b"#t\r\n" } else { b"#f\r\n" }),
+            Protocol::Resp3 => self
+                .buf
+                .extend_from_slice(if v { b"#t\r\n" } else { b"#f\r\n" }),
         }
     }
 

@@ -140,13 +140,21 @@ impl Parser {
     /// them to `out`. Bytes of an incomplete command stay in `buf` and the parser remembers how
     /// far it got. On error, the commands parsed before the bad one are still in `out`; the
     /// connection must be closed after replying.
-    pub fn parse(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<Vec<Bytes>>,
+    ) -> Result<(), ParseError> {
         let result = self.parse_loop(buf, out);
         self.emit(buf, out);
         result
     }
 
-    fn parse_loop(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
+    fn parse_loop(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<Vec<Bytes>>,
+    ) -> Result<(), ParseError> {
         loop {
             match self.state {
                 State::Start => {
@@ -184,7 +192,9 @@ impl Parser {
                             self.finish_empty();
                         }
                         Some(n) => {
-                            self.state = State::BulkHeader { remaining: n as usize };
+                            self.state = State::BulkHeader {
+                                remaining: n as usize,
+                            };
                         }
                         None => return Err(ParseError::InvalidMultibulkLength),
                     }
@@ -203,7 +213,9 @@ impl Parser {
                         return Ok(());
                     };
                     let len = match parse_int(&buf[self.pos + 1..line_end]) {
-                        Some(len) if len >= 0 && len as u64 <= self.limits.max_bulk_bytes as u64 => {
+                        Some(len)
+                            if len >= 0 && len as u64 <= self.limits.max_bulk_bytes as u64 =>
+                        {
                             len as usize
                         }
                         _ => return Err(ParseError::InvalidBulkLength),
@@ -221,7 +233,9 @@ impl Parser {
                     if remaining == 1 {
                         self.finish_command();
                     } else {
-                        self.state = State::BulkHeader { remaining: remaining - 1 };
+                        self.state = State::BulkHeader {
+                            remaining: remaining - 1,
+                        };
                     }
                 }
             }
@@ -288,7 +302,12 @@ impl Parser {
             if a == b {
                 continue;
             }
-            out.push(self.done_ranges[a..b].iter().map(|&(s, e)| frozen.slice(s..e)).collect());
+            out.push(
+                self.done_ranges[a..b]
+                    .iter()
+                    .map(|&(s, e)| frozen.slice(s..e))
+                    .collect(),
+            );
         }
         self.done_cmds.clear();
         self.done_ranges.clear();
@@ -408,9 +427,10 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
             if in_dq {
                 match c {
                     None => return None,
-                    Some(b'\\') if at(i + 1) == Some(b'x')
-                        && at(i + 2).and_then(hex_val).is_some()
-                        && at(i + 3).and_then(hex_val).is_some() =>
+                    Some(b'\\')
+                        if at(i + 1) == Some(b'x')
+                            && at(i + 2).and_then(hex_val).is_some()
+                            && at(i + 3).and_then(hex_val).is_some() =>
                     {
                         let hi = at(i + 2).and_then(hex_val)?;
                         let lo = at(i + 3).and_then(hex_val)?;

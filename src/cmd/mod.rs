@@ -1,0 +1,167 @@
+//! Commands: the table, the per-family implementations, and the glue that runs a command
+//! against one shard's store.
+//!
+//! # Where a command runs
+//! The connection looks the command up in [`table`], checks its arity, and routes it by
+//! [`table::Route`]: key commands run on the shard that owns their keys (on the connection's
+//! own executor or on another one over the channel mesh), connection and server commands run
+//! in the connection ([`server`]). The functions in [`strings`] and [`keys`] are plain
+//! synchronous code over a [`Exec`]: they never await, so a command is atomic on its shard.
+//!
+//! # Writes
+//! Every mutation goes through the `Exec::write_*` methods. That is the single place where
+//! the write-ahead log will record after-images, so no command can forget to log.
+
+pub mod keys;
+pub mod server;
+pub mod strings;
+pub mod table;
+
+use crate::resp::parse::parse_i64;
+use crate::resp::ReplyWriter;
+use crate::store::{Entry, Store};
+use bytes::Bytes;
+pub use table::{lookup, CommandSpec, Route};
+
+/// Error replies shared by several commands (Redis 7 texts).
+pub mod err {
+    pub const SYNTAX: &str = "ERR syntax error";
+    pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+    pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+    pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+    pub const NO_SUCH_KEY: &str = "ERR no such key";
+    pub const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+}
+
+/// What a key command gets to work with: one shard's store, the time, and limits.
+pub struct Exec<'a> {
+    pub store: &'a mut Store,
+    /// The command's notion of "now" (Unix ms), taken once per command.
+    pub now_ms: u64,
+    /// `proto-max-bulk-len`: the largest value a command may create.
+    pub max_value_bytes: usize,
+}
+
+impl Exec<'_> {
+    pub fn get(&mut self, key: &[u8]) -> Option<&Entry> {
+        self.store.get(key, self.now_ms)
+    }
+
+    /// Reads a value for a read command, counting the hit or miss.
+    pub fn lookup_read(&mut self, key: &[u8]) -> Option<&Entry> {
+        let hit = self.store.contains(key, self.now_ms);
+        self.store.count_lookup(hit);
+        self.store.get(key, self.now_ms)
+    }
+
+    pub fn exists(&mut self, key: &[u8]) -> bool {
+        self.store.contains(key, self.now_ms)
+    }
+
+    /// Stores `key = value` with `expire_at_ms`; an expiry not in the future deletes the key
+    /// instead (as Redis does for `SET ... EXAT <past>`).
+    pub fn write_set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>) {
+        self.write_entry(Entry::new(key, value, expire_at_ms));
+    }
+
+    /// Stores a prebuilt entry (values built in place by APPEND/SETRANGE/INCR).
+    pub fn write_entry(&mut self, entry: Entry) {
+        if entry.is_expired(self.now_ms) {
+            let key = entry.key().to_vec();
+            self.write_del(&key);
+            return;
+        }
+        self.store.put(entry, self.now_ms);
+    }
+
+    /// Deletes `key`; returns whether a live key was removed.
+    pub fn write_del(&mut self, key: &[u8]) -> bool {
+        self.store.remove(key, self.now_ms).is_some()
+    }
+
+    /// Removes and returns a live key's entry (RENAME, GETDEL).
+    pub fn write_take(&mut self, key: &[u8]) -> Option<Entry> {
+        self.store.remove(key, self.now_ms)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a live key's expiry. A time not in the future deletes
+    /// the key. Returns false if the key does not exist.
+    pub fn write_expire(&mut self, key: &[u8], expire_at_ms: Option<u64>) -> bool {
+        match expire_at_ms {
+            Some(t) if t <= self.now_ms => self.write_del(key),
+            _ => self.store.set_expiry(key, expire_at_ms, self.now_ms),
+        }
+    }
+
+    pub fn write_flush(&mut self) {
+        self.store.clear();
+    }
+}
+
+/// Parses an integer argument with Redis's rules (`string2ll`).
+pub fn int_arg(arg: &[u8]) -> Result<i64, &'static str> {
+    parse_i64(arg).ok_or(err::NOT_INT)
+}
+
+/// Runs a key command whose keys all belong to the store in `cx`. The arity has been checked.
+pub fn execute_keyed(spec: &CommandSpec, args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+    match spec.name {
+        "get" => strings::get(args, cx, out),
+        "set" => strings::set(args, cx, out),
+        "setnx" => strings::setnx(args, cx, out),
+        "setex" => strings::setex(args, cx, out, false),
+        "psetex" => strings::setex(args, cx, out, true),
+        "getset" => strings::getset(args, cx, out),
+        "getdel" => strings::getdel(args, cx, out),
+        "getex" => strings::getex(args, cx, out),
+        "mget" => strings::mget(args, cx, out),
+        "mset" => strings::mset(args, cx, out),
+        "msetnx" => strings::msetnx(args, cx, out),
+        "append" => strings::append(args, cx, out),
+        "strlen" => strings::strlen(args, cx, out),
+        "getrange" => strings::getrange(args, cx, out),
+        "setrange" => strings::setrange(args, cx, out),
+        "incr" => strings::incr_by(&args[1], Ok(1), cx, out),
+        "decr" => strings::incr_by(&args[1], Ok(-1), cx, out),
+        "incrby" => strings::incr_by(&args[1], int_arg(&args[2]), cx, out),
+        "decrby" => strings::decr_by(args, cx, out),
+        "incrbyfloat" => strings::incrbyfloat(args, cx, out),
+        "del" | "unlink" => keys::del(args, cx, out),
+        "exists" => keys::exists(args, cx, out),
+        "type" => keys::type_(args, cx, out),
+        "expire" => keys::expire(args, cx, out, keys::ExpireUnit::Seconds, false),
+        "pexpire" => keys::expire(args, cx, out, keys::ExpireUnit::Millis, false),
+        "expireat" => keys::expire(args, cx, out, keys::ExpireUnit::Seconds, true),
+        "pexpireat" => keys::expire(args, cx, out, keys::ExpireUnit::Millis, true),
+        "ttl" => keys::ttl(args, cx, out, keys::TtlForm::RemainingSeconds),
+        "pttl" => keys::ttl(args, cx, out, keys::TtlForm::RemainingMillis),
+        "expiretime" => keys::ttl(args, cx, out, keys::TtlForm::AbsoluteSeconds),
+        "pexpiretime" => keys::ttl(args, cx, out, keys::TtlForm::AbsoluteMillis),
+        "persist" => keys::persist(args, cx, out),
+        "rename" => keys::rename(args, cx, out, false),
+        "renamenx" => keys::rename(args, cx, out, true),
+        other => out.error(&format!("ERR command '{other}' cannot run on a shard")),
+    }
+}
+
+/// `ERR wrong number of arguments for '<name>' command`.
+pub fn arity_error(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}
+
+/// Redis's unknown-command error: the name and the first arguments (up to ~128 bytes).
+pub fn unknown_command_error(args: &[Bytes]) -> String {
+    let name = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
+    let mut rest = String::new();
+    for a in &args[1..] {
+        if rest.len() >= 128 {
+            break;
+        }
+        let room = 128 - rest.len();
+        let s = String::from_utf8_lossy(&a[..a.len().min(room)]).into_owned();
+        rest.push('\'');
+        rest.push_str(&s);
+        rest.push_str("' ");
+    }
+    format!("ERR unknown command '{name}', with args beginning with: {rest}")
+}

@@ -1,0 +1,831 @@
+//! Connection and server commands: PING, ECHO, TIME, QUIT, HELLO, SELECT, AUTH, CLIENT,
+//! COMMAND, CONFIG, INFO, DBSIZE, FLUSHDB/FLUSHALL, SHUTDOWN, KEYS, SCAN, RANDOMKEY.
+//!
+//! These run in the connection (they need its state or every shard). Server-wide ones fan out
+//! to all shards with `shard::ops::on_all_shards`.
+
+use super::table::{CommandSpec, COMMANDS};
+use super::{arity_error, err, keys::glob_match};
+use crate::conn::Conn;
+use crate::resp::{Protocol, ReplyWriter};
+use crate::shard::ops::{on_all_shards, on_shard, AdminOp, AdminResult, ShardReport};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+/// The Redis version we answer to in INFO and HELLO: the command set and replies follow it.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// Commands that need neither the keyspace nor connection state.
+pub fn run_local(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
+    match spec.name {
+        "ping" => match args.len() {
+            1 => out.simple("PONG"),
+            2 => out.bulk(&args[1]),
+            _ => out.error(&arity_error("ping")),
+        },
+        "echo" => out.bulk(&args[1]),
+        "time" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            out.array(2);
+            out.bulk(now.as_secs().to_string().as_bytes());
+            out.bulk(now.subsec_micros().to_string().as_bytes());
+        }
+        other => out.error(&format!("ERR '{other}' is not a local command")),
+    }
+}
+
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+/// Checks a subcommand's arity; writes the error and returns false when wrong or unknown.
+fn subcommand_ok(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) -> bool {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match spec.subcommands.iter().find(|(n, _, _)| *n == sub) {
+        None => {
+            out.error(&format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                String::from_utf8_lossy(&args[1]),
+                spec.name.to_ascii_uppercase()
+            ));
+            false
+        }
+        Some((name, arity, _)) => {
+            let argc = args.len() as i32;
+            let ok = if *arity >= 0 {
+                argc == *arity
+            } else {
+                argc >= -arity
+            };
+            if !ok {
+                out.error(&arity_error(&format!("{}|{}", spec.name, name)));
+            }
+            ok
+        }
+    }
+}
+
+/// Commands that need the connection or every shard.
+pub async fn run_connection(
+    conn: &mut Conn,
+    spec: &CommandSpec,
+    args: &[Bytes],
+    buf: &mut Vec<u8>,
+) {
+    let proto = conn.proto;
+    let mut out = ReplyWriter::new(buf, proto);
+    let shard = conn.shard.clone();
+    match spec.name {
+        "quit" => {
+            out.ok();
+            conn.close = true;
+        }
+        "select" => match super::int_arg(&args[1]) {
+            Ok(0) => out.ok(),
+            Ok(_) => out.error("ERR DB index is out of range"),
+            Err(e) => out.error(e),
+        },
+        "auth" => {
+            if args.len() == 2 {
+                out.error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+            } else if args.len() == 3 && &args[1][..] == b"default" {
+                // The default user has no password: any password is accepted, as in Redis.
+                out.ok();
+            } else if args.len() == 3 {
+                out.error("WRONGPASS invalid username-password pair or user is disabled.");
+            } else {
+                out.error(err::SYNTAX);
+            }
+        }
+        "hello" => hello(conn, args, buf),
+        "client" => client(conn, spec, args, buf).await,
+        "command" => command(spec, args, &mut out),
+        "config" => config(conn, spec, args, &mut out).await,
+        "info" => {
+            let text = info(conn, &args[1..]).await;
+            ReplyWriter::new(buf, proto).verbatim(text.as_bytes());
+        }
+        "dbsize" => {
+            let total: i64 = on_all_shards(&shard, || AdminOp::DbSize)
+                .await
+                .into_iter()
+                .map(|r| if let AdminResult::Count(c) = r { c } else { 0 })
+                .sum();
+            out.integer(total);
+        }
+        "flushdb" | "flushall" => {
+            if args.len() > 2
+                || (args.len() == 2 && !matches!(upper(&args[1]).as_str(), "ASYNC" | "SYNC"))
+            {
+                return out.error(err::SYNTAX);
+            }
+            on_all_shards(&shard, || AdminOp::Flush).await;
+            out.ok();
+        }
+        "shutdown" => {
+            for a in &args[1..] {
+                if !matches!(upper(a).as_str(), "NOSAVE" | "SAVE" | "NOW" | "FORCE") {
+                    return out.error(err::SYNTAX);
+                }
+            }
+            tracing::info!("SHUTDOWN requested by client {}", conn.info.borrow().id);
+            shard.global.request_shutdown();
+            // Redis closes the connection without a reply when shutdown proceeds.
+            conn.close = true;
+        }
+        "keys" => {
+            let pattern = args[1].clone();
+            let mut keys = Vec::new();
+            for r in on_all_shards(&shard, || AdminOp::Keys(pattern.clone())).await {
+                if let AdminResult::Keys(k) = r {
+                    keys.extend(k);
+                }
+            }
+            out.array(keys.len());
+            for k in &keys {
+                out.bulk(k);
+            }
+        }
+        "scan" => scan(conn, args, &mut out).await,
+        "randomkey" => {
+            let n = shard.shards();
+            let start = rand::random::<u32>() as usize % n;
+            for i in 0..n {
+                if let AdminResult::Key(Some(k)) =
+                    on_shard(&shard, (start + i) % n, AdminOp::RandomKey).await
+                {
+                    return out.bulk(&k);
+                }
+            }
+            out.null();
+        }
+        other => out.error(&format!("ERR '{other}' is not a connection command")),
+    }
+}
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&c| (b'!'..=b'~').contains(&c))
+}
+
+const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or special characters.";
+
+fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
+    let mut proto = conn.proto;
+    let mut name = None;
+    if args.len() >= 2 {
+        match super::int_arg(&args[1]) {
+            Ok(2) => proto = Protocol::Resp2,
+            Ok(3) => proto = Protocol::Resp3,
+            Ok(_) => {
+                return ReplyWriter::new(buf, conn.proto)
+                    .error("NOPROTO unsupported protocol version")
+            }
+            Err(_) => {
+                return ReplyWriter::new(buf, conn.proto)
+                    .error("ERR Protocol version is not an integer or out of range")
+            }
+        }
+        let mut i = 2;
+        while i < args.len() {
+            let opt = upper(&args[i]);
+            let more = args.len() - i - 1;
+            if opt == "AUTH" && more >= 2 {
+                i += 3;
+            } else if opt == "SETNAME" && more >= 1 {
+                if !valid_client_name(&args[i + 1]) {
+                    return ReplyWriter::new(buf, conn.proto).error(BAD_NAME);
+                }
+                name = Some(args[i + 1].to_vec());
+                i += 2;
+            } else {
+                let msg = format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                );
+                return ReplyWriter::new(buf, conn.proto).error(&msg);
+            }
+        }
+    }
+    conn.proto = proto;
+    let id = {
+        let mut info = conn.info.borrow_mut();
+        info.proto = proto;
+        if let Some(n) = name {
+            info.name = (!n.is_empty()).then_some(n);
+        }
+        info.id
+    };
+    let mut out = ReplyWriter::new(buf, proto);
+    out.map(7);
+    out.bulk(b"server");
+    out.bulk(b"redis");
+    out.bulk(b"version");
+    out.bulk(REDIS_COMPAT_VERSION.as_bytes());
+    out.bulk(b"proto");
+    out.integer(proto.version());
+    out.bulk(b"id");
+    out.integer(id as i64);
+    out.bulk(b"mode");
+    out.bulk(b"standalone");
+    out.bulk(b"role");
+    out.bulk(b"master");
+    out.bulk(b"modules");
+    out.array(0);
+}
+
+async fn client(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut Vec<u8>) {
+    let mut out = ReplyWriter::new(buf, conn.proto);
+    if !subcommand_ok(spec, args, &mut out) {
+        return;
+    }
+    match String::from_utf8_lossy(&args[1])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "id" => out.integer(conn.info.borrow().id as i64),
+        "getname" => match conn.info.borrow().name.as_deref() {
+            Some(n) => out.bulk(n),
+            None => out.null(),
+        },
+        "setname" => {
+            if !valid_client_name(&args[2]) {
+                return out.error(BAD_NAME);
+            }
+            conn.info.borrow_mut().name = (!args[2].is_empty()).then(|| args[2].to_vec());
+            out.ok();
+        }
+        "setinfo" => {
+            let mut info = conn.info.borrow_mut();
+            match upper(&args[2]).as_str() {
+                "LIB-NAME" => info.lib_name = Some(args[3].to_vec()),
+                "LIB-VER" => info.lib_ver = Some(args[3].to_vec()),
+                _ => {
+                    return out.error(&format!(
+                        "ERR Unrecognized option '{}'",
+                        String::from_utf8_lossy(&args[2])
+                    ))
+                }
+            }
+            out.ok();
+        }
+        "info" => {
+            let line = conn.info.borrow().line() + "\n";
+            out.verbatim(line.as_bytes());
+        }
+        "list" => {
+            let mut ids: Option<Vec<u64>> = None;
+            let mut i = 2;
+            while i < args.len() {
+                match upper(&args[i]).as_str() {
+                    "TYPE" if i + 1 < args.len() => {
+                        if !matches!(
+                            upper(&args[i + 1]).as_str(),
+                            "NORMAL" | "MASTER" | "REPLICA" | "PUBSUB"
+                        ) {
+                            return out.error(&format!(
+                                "ERR Unknown client type '{}'",
+                                String::from_utf8_lossy(&args[i + 1])
+                            ));
+                        }
+                        if upper(&args[i + 1]) != "NORMAL" {
+                            ids = Some(Vec::new());
+                        }
+                        i += 2;
+                    }
+                    "ID" if i + 1 < args.len() => {
+                        let mut v = Vec::new();
+                        for a in &args[i + 1..] {
+                            match super::int_arg(a) {
+                                Ok(id) if id > 0 => v.push(id as u64),
+                                _ => return out.error("ERR Invalid client ID"),
+                            }
+                        }
+                        ids = Some(v);
+                        i = args.len();
+                    }
+                    _ => return out.error(err::SYNTAX),
+                }
+            }
+            let shard = conn.shard.clone();
+            let mut lines = String::new();
+            for r in on_all_shards(&shard, || AdminOp::ClientList).await {
+                if let AdminResult::Clients(ls) = r {
+                    for l in ls {
+                        let keep = ids.as_ref().is_none_or(|ids| {
+                            ids.iter().any(|id| l.starts_with(&format!("id={id} ")))
+                        });
+                        if keep {
+                            lines.push_str(&l);
+                            lines.push('\n');
+                        }
+                    }
+                }
+            }
+            ReplyWriter::new(buf, conn.proto).verbatim(lines.as_bytes());
+        }
+        "help" => help(
+            &mut out,
+            "CLIENT",
+            &[
+                "ID",
+                "GETNAME",
+                "SETNAME <name>",
+                "SETINFO <option> <value>",
+                "INFO",
+                "LIST [TYPE <type>] [ID <id> ...]",
+                "HELP",
+            ],
+        ),
+        _ => unreachable_sub(&mut out),
+    }
+}
+
+fn unreachable_sub(out: &mut ReplyWriter) {
+    out.error("ERR unknown subcommand");
+}
+
+fn help(out: &mut ReplyWriter, name: &str, lines: &[&str]) {
+    out.array(lines.len() + 1);
+    out.simple(&format!(
+        "{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+    ));
+    for l in lines {
+        out.simple(l);
+    }
+}
+
+fn acl_categories(spec: &CommandSpec) -> Vec<String> {
+    let mut cats = Vec::new();
+    if spec.flags.contains(&"write") {
+        cats.push("@write".to_string());
+    } else if spec.flags.contains(&"readonly") {
+        cats.push("@read".to_string());
+    }
+    match spec.group {
+        "string" => cats.push("@string".into()),
+        "generic" => cats.push("@keyspace".into()),
+        "connection" => cats.push("@connection".into()),
+        _ => {}
+    }
+    if spec.flags.contains(&"fast") {
+        cats.push("@fast".into());
+    } else {
+        cats.push("@slow".into());
+    }
+    cats
+}
+
+fn command_info(spec: &CommandSpec, out: &mut ReplyWriter) {
+    out.array(10);
+    out.bulk(spec.name.as_bytes());
+    out.integer(spec.arity as i64);
+    out.set(spec.flags.len());
+    for f in spec.flags {
+        out.simple(f);
+    }
+    out.integer(spec.first_key as i64);
+    out.integer(spec.last_key as i64);
+    out.integer(spec.step as i64);
+    let cats = acl_categories(spec);
+    out.set(cats.len());
+    for c in &cats {
+        out.simple(c);
+    }
+    out.set(0);
+    out.array(0);
+    out.array(spec.subcommands.len());
+    for (sub, arity, _) in spec.subcommands {
+        out.array(10);
+        out.bulk(format!("{}|{}", spec.name, sub).as_bytes());
+        out.integer(*arity as i64);
+        out.set(0);
+        out.integer(0);
+        out.integer(0);
+        out.integer(0);
+        out.set(0);
+        out.set(0);
+        out.array(0);
+        out.array(0);
+    }
+}
+
+fn command_docs(spec: &CommandSpec, out: &mut ReplyWriter) {
+    let has_subs = !spec.subcommands.is_empty();
+    out.map(if has_subs { 5 } else { 4 });
+    for (k, v) in [
+        ("summary", spec.summary),
+        ("since", spec.since),
+        ("group", spec.group),
+        ("complexity", spec.complexity),
+    ] {
+        out.bulk(k.as_bytes());
+        out.bulk(v.as_bytes());
+    }
+    if has_subs {
+        out.bulk(b"subcommands");
+        out.map(spec.subcommands.len());
+        for (sub, _, summary) in spec.subcommands {
+            out.bulk(format!("{}|{}", spec.name, sub).as_bytes());
+            out.map(3);
+            out.bulk(b"summary");
+            out.bulk(summary.as_bytes());
+            out.bulk(b"since");
+            out.bulk(spec.since.as_bytes());
+            out.bulk(b"group");
+            out.bulk(spec.group.as_bytes());
+        }
+    }
+}
+
+fn command(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
+    if args.len() == 1 {
+        out.array(COMMANDS.len());
+        for c in COMMANDS {
+            command_info(c, out);
+        }
+        return;
+    }
+    if !subcommand_ok(spec, args, out) {
+        return;
+    }
+    let names = &args[2..];
+    match String::from_utf8_lossy(&args[1])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "count" => out.integer(COMMANDS.len() as i64),
+        "list" => {
+            out.array(COMMANDS.len());
+            for c in COMMANDS {
+                out.bulk(c.name.as_bytes());
+            }
+        }
+        "info" => {
+            if names.is_empty() {
+                out.array(COMMANDS.len());
+                COMMANDS.iter().for_each(|c| command_info(c, out));
+            } else {
+                out.array(names.len());
+                for n in names {
+                    match super::lookup(n) {
+                        Some(c) => command_info(c, out),
+                        None => out.null_array(),
+                    }
+                }
+            }
+        }
+        "docs" => {
+            let found: Vec<&CommandSpec> = if names.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                names.iter().filter_map(|n| super::lookup(n)).collect()
+            };
+            out.map(found.len());
+            for c in found {
+                out.bulk(c.name.as_bytes());
+                command_docs(c, out);
+            }
+        }
+        "help" => help(
+            out,
+            "COMMAND",
+            &[
+                "(no subcommand)",
+                "COUNT",
+                "DOCS [<command-name> ...]",
+                "INFO [<command-name> ...]",
+                "LIST",
+                "HELP",
+            ],
+        ),
+        _ => unreachable_sub(out),
+    }
+}
+
+/// Configuration parameters CONFIG GET knows, with whether CONFIG SET may change them.
+fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
+    let g = &conn.shard.global;
+    vec![
+        ("bind", g.listen_addr.ip().to_string(), false),
+        ("port", g.listen_addr.port().to_string(), false),
+        ("threads", g.shards.to_string(), false),
+        ("databases", "1".into(), false),
+        (
+            "maxclients",
+            g.maxclients.load(Ordering::Relaxed).to_string(),
+            true,
+        ),
+        (
+            "proto-max-bulk-len",
+            g.proto_max_bulk_len.load(Ordering::Relaxed).to_string(),
+            true,
+        ),
+        (
+            "client-query-buffer-limit",
+            g.client_query_buffer_limit
+                .load(Ordering::Relaxed)
+                .to_string(),
+            true,
+        ),
+        ("maxmemory", "0".into(), false),
+        ("maxmemory-policy", "noeviction".into(), false),
+        ("save", String::new(), false),
+        ("appendonly", "no".into(), false),
+        ("timeout", "0".into(), false),
+    ]
+}
+
+async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter<'_>) {
+    if !subcommand_ok(spec, args, out) {
+        return;
+    }
+    match String::from_utf8_lossy(&args[1])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "get" => {
+            let params = config_params(conn);
+            let matched: Vec<_> = params
+                .iter()
+                .filter(|(name, _, _)| {
+                    args[2..]
+                        .iter()
+                        .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
+                })
+                .collect();
+            out.map(matched.len());
+            for (name, value, _) in matched {
+                out.bulk(name.as_bytes());
+                out.bulk(value.as_bytes());
+            }
+        }
+        "set" => {
+            if args.len() % 2 != 0 {
+                return out.error(&arity_error("config|set"));
+            }
+            let params = config_params(conn);
+            let mut updates = Vec::new();
+            for kv in args[2..].chunks_exact(2) {
+                let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
+                let Some((pname, _, mutable)) = params.iter().find(|(n, _, _)| *n == name) else {
+                    return out.error(&format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                    ));
+                };
+                if !mutable {
+                    return out.error(&format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - can't set immutable config"));
+                }
+                let value = String::from_utf8_lossy(&kv[1]);
+                let parsed = if *pname == "maxclients" {
+                    value.parse::<usize>().ok().filter(|&v| v >= 1)
+                } else {
+                    crate::config::parse_bytes(&value)
+                        .ok()
+                        .filter(|&v| v >= 1024)
+                };
+                let Some(v) = parsed else {
+                    return out.error(&format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument couldn't be parsed into an integer"));
+                };
+                updates.push((*pname, v));
+            }
+            let g = &conn.shard.global;
+            for (name, v) in updates {
+                match name {
+                    "maxclients" => g.maxclients.store(v, Ordering::Relaxed),
+                    "proto-max-bulk-len" => g.proto_max_bulk_len.store(v, Ordering::Relaxed),
+                    _ => g.client_query_buffer_limit.store(v, Ordering::Relaxed),
+                }
+            }
+            out.ok();
+        }
+        "resetstat" => {
+            let shard = conn.shard.clone();
+            on_all_shards(&shard, || AdminOp::ResetStats).await;
+            out.ok();
+        }
+        "rewrite" => out.error("ERR The server is running without a config file"),
+        "help" => help(
+            out,
+            "CONFIG",
+            &[
+                "GET <pattern>",
+                "SET <directive> <value>",
+                "RESETSTAT",
+                "REWRITE",
+                "HELP",
+            ],
+        ),
+        _ => unreachable_sub(out),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}G", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.2}M", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.2}K", b / 1024.0)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Builds the INFO text for the requested sections (all default ones when none given).
+async fn info(conn: &Conn, sections: &[Bytes]) -> String {
+    let all = ["server", "clients", "memory", "stats", "keyspace"];
+    let wanted: Vec<String> = if sections.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        let mut w = Vec::new();
+        for s in sections {
+            let s = String::from_utf8_lossy(s).to_ascii_lowercase();
+            if matches!(s.as_str(), "all" | "everything" | "default") {
+                w.extend(all.iter().map(|s| s.to_string()));
+            } else {
+                w.push(s);
+            }
+        }
+        w
+    };
+    let shard = conn.shard.clone();
+    let g = shard.global.clone();
+    let mut total = ShardReport::default();
+    for r in on_all_shards(&shard, || AdminOp::Report).await {
+        if let AdminResult::Report(r) = r {
+            total.store.keys += r.store.keys;
+            total.store.keys_with_ttl += r.store.keys_with_ttl;
+            total.store.used_bytes += r.store.used_bytes;
+            total.store.expired_keys += r.store.expired_keys;
+            total.store.keyspace_hits += r.store.keyspace_hits;
+            total.store.keyspace_misses += r.store.keyspace_misses;
+            total.commands_processed += r.commands_processed;
+            total.net_input_bytes += r.net_input_bytes;
+            total.net_output_bytes += r.net_output_bytes;
+        }
+    }
+    let mut s = String::new();
+    let mut section = |name: &str, body: String| {
+        if wanted.iter().any(|w| w == name) {
+            if !s.is_empty() {
+                s.push_str("\r\n");
+            }
+            let mut title = name.to_string();
+            title[..1].make_ascii_uppercase();
+            s.push_str(&format!("# {title}\r\n{body}"));
+        }
+    };
+    let uptime = g.started.elapsed().as_secs();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    let uname = uname();
+    section(
+        "server",
+        format!(
+            "redis_version:{REDIS_COMPAT_VERSION}\r\nringcache_version:{}\r\nredis_mode:standalone\r\nos:{uname}\r\n\
+             arch_bits:64\r\nmultiplexing_api:io_uring\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
+             server_time_usec:{now_us}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nshards:{}\r\n\
+             executable:{}\r\nconfig_file:\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            g.run_id,
+            g.listen_addr.port(),
+            uptime / 86400,
+            g.shards,
+            std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
+        ),
+    );
+    section(
+        "clients",
+        format!(
+            "connected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n",
+            g.connected_clients.load(Ordering::Relaxed),
+            g.maxclients.load(Ordering::Relaxed)
+        ),
+    );
+    let rss = rss_bytes();
+    let used = total.store.used_bytes;
+    section(
+        "memory",
+        format!(
+            "used_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\n\
+             used_memory_dataset:{used}\r\nbytes_per_key:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n\
+             maxmemory_policy:noeviction\r\nmem_allocator:mimalloc\r\n",
+            human(used),
+            human(rss),
+            used.checked_div(total.store.keys).unwrap_or(0),
+        ),
+    );
+    section(
+        "stats",
+        format!(
+            "total_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\n\
+             total_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\n\
+             keyspace_hits:{}\r\nkeyspace_misses:{}\r\n",
+            g.total_connections_received.load(Ordering::Relaxed),
+            total.commands_processed,
+            total.net_input_bytes,
+            total.net_output_bytes,
+            g.rejected_connections.load(Ordering::Relaxed),
+            total.store.expired_keys,
+            total.store.keyspace_hits,
+            total.store.keyspace_misses,
+        ),
+    );
+    let keyspace = if total.store.keys > 0 {
+        format!(
+            "db0:keys={},expires={},avg_ttl=0\r\n",
+            total.store.keys, total.store.keys_with_ttl
+        )
+    } else {
+        String::new()
+    };
+    section("keyspace", keyspace);
+    s
+}
+
+fn uname() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "Linux {} {}",
+        read("/proc/sys/kernel/osrelease"),
+        std::env::consts::ARCH
+    )
+}
+
+async fn scan(conn: &Conn, args: &[Bytes], out: &mut ReplyWriter<'_>) {
+    let text = std::str::from_utf8(&args[1]).unwrap_or("x");
+    let Ok(cursor) = text.parse::<u64>() else {
+        return out.error("ERR invalid cursor");
+    };
+    if text.starts_with('+') {
+        return out.error("ERR invalid cursor");
+    }
+    let (mut count, mut pattern, mut strings_ok) = (10usize, None, true);
+    let mut i = 2;
+    while i < args.len() {
+        let opt = upper(&args[i]);
+        if i + 1 >= args.len() {
+            return out.error(err::SYNTAX);
+        }
+        match opt.as_str() {
+            "COUNT" => match super::int_arg(&args[i + 1]) {
+                Ok(c) if c >= 1 => count = c as usize,
+                Ok(_) => return out.error(err::SYNTAX),
+                Err(e) => return out.error(e),
+            },
+            "MATCH" => pattern = Some(args[i + 1].clone()).filter(|p| &p[..] != b"*"),
+            "TYPE" => strings_ok = args[i + 1].eq_ignore_ascii_case(b"string"),
+            _ => return out.error(err::SYNTAX),
+        }
+        i += 2;
+    }
+    let shard = conn.shard.clone();
+    let n = shard.shards() as u64;
+    // The cursor carries the shard in its low part: cursor = table_cursor * shards + shard.
+    let (target, table_cursor) = ((cursor % n) as usize, cursor / n);
+    let op = AdminOp::Scan {
+        cursor: table_cursor,
+        count,
+        pattern,
+        only_strings: strings_ok,
+    };
+    let (next, keys) = match on_shard(&shard, target, op).await {
+        AdminResult::Scan { next, keys } => (next, keys),
+        _ => (0, Vec::new()),
+    };
+    let next_cursor = if next == 0 {
+        if target as u64 + 1 >= n {
+            0
+        } else {
+            target as u64 + 1
+        }
+    } else {
+        next.saturating_mul(n) + target as u64
+    };
+    out.array(2);
+    out.bulk(next_cursor.to_string().as_bytes());
+    out.array(keys.len());
+    for k in &keys {
+        out.bulk(k);
+    }
+}

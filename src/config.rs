@@ -1,0 +1,94 @@
+//! Command-line configuration. Every option has a default that runs an in-memory server on
+//! loopback, so `ringcache` with no arguments works.
+
+use clap::Parser;
+use std::net::SocketAddr;
+
+/// A thread-per-core, io_uring Redis-protocol cache.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringcache", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Loopback by default: exposing the cache is the operator's choice.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub bind: SocketAddr,
+
+    /// Shards (executors), one per core. 0 means one per online CPU. More threads than CPUs
+    /// share CPUs round-robin.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// Maximum simultaneous client connections; more are refused with
+    /// `-ERR max number of clients reached`.
+    #[arg(long, default_value_t = 10_000)]
+    pub maxclients: usize,
+
+    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
+    #[arg(long = "proto-max-bulk-len", default_value_t = 512 * 1024 * 1024, value_parser = parse_bytes)]
+    pub proto_max_bulk_len: usize,
+
+    /// Largest amount of unparsed input buffered for one client, in bytes; a client over it is
+    /// disconnected (Redis's client-query-buffer-limit).
+    #[arg(long = "client-query-buffer-limit", default_value_t = 1024 * 1024 * 1024, value_parser = parse_bytes)]
+    pub client_query_buffer_limit: usize,
+
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as
+    /// `ringcache=debug`).
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+
+    /// io_uring buffer memory per shard, in bytes. Small by default so that the common 8 MiB
+    /// RLIMIT_MEMLOCK suffices for every shard.
+    #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]
+    pub io_memory_bytes: usize,
+}
+
+impl Config {
+    /// Number of shards after resolving `--threads 0`.
+    pub fn shard_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Parses a byte size: a plain number or one with a unit (`64kb`, `512mb`, `1gb`, `4k`), units
+/// as Redis reads them (`k`=1000, `kb`=1024, ...).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte size (e.g. 1048576, 64mb, 1gb)"))?;
+    let mult: usize = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use b, kb, mb, gb)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64mb"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2k"), Ok(2000));
+        assert!(parse_bytes("12xb").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! One client connection: read, parse, execute in rounds, write.
+//!
+//! # Request path
+//! 1. Read whatever the socket has into the query buffer (bounded by
+//!    `client-query-buffer-limit`).
+//! 2. Parse every complete command in it ([`crate::resp::Parser`]).
+//! 3. Execute them in a *round*: a command whose keys live on this shard runs at once; one whose
+//!    keys live on another shard joins that shard's batch. Connection commands (HELLO, INFO,
+//!    SCAN, ...) and multi-shard commands end the round: the batches are sent, one message per
+//!    shard, all in flight together, and their replies are merged back in command order before
+//!    the special command runs.
+//! 4. Write every reply of the read with one send.
+//!
+//! So a pipeline of N commands over K shards costs at most K messages per round, never one per
+//! command. Commands on one shard run in pipeline order; commands of one pipeline on different
+//! shards may take effect in either order relative to each other (a client that needs an order
+//! across shards waits for the reply first). Replies are always in order.
+
+use crate::cmd::{self, table::Route, CommandSpec, Exec};
+use crate::coord;
+use crate::resp::{Limits, Parser, Protocol, ReplyWriter};
+use crate::shard::{ClientInfo, Request, Response, Shard};
+use crate::store::now_ms;
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+/// Marks a reply produced on the connection's own shard in a round's order list.
+const LOCAL: u32 = u32::MAX;
+
+/// Per-connection state that commands may change.
+pub struct Conn {
+    pub shard: Rc<Shard>,
+    pub info: Rc<RefCell<ClientInfo>>,
+    pub proto: Protocol,
+    /// Close after the replies of this read are written (QUIT, protocol error).
+    pub close: bool,
+}
+
+/// Replies of one round.
+#[derive(Default)]
+struct Round {
+    /// Commands per destination shard (indexed by shard id; unused for our own shard).
+    batches: Vec<Vec<Vec<Bytes>>>,
+    /// Reply order: (shard or LOCAL, index within that source).
+    order: Vec<(u32, u32)>,
+    /// Local replies written after the first remote command of the round.
+    local: Vec<u8>,
+    local_ends: Vec<u32>,
+    has_remote: bool,
+}
+
+impl Round {
+    fn new(shards: usize) -> Self {
+        Round {
+            batches: vec![Vec::new(); shards],
+            ..Default::default()
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes or the server shuts down.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let g = shard.global.clone();
+    let id = g.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let now = std::time::Instant::now();
+    let info = Rc::new(RefCell::new(ClientInfo {
+        id,
+        addr: stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        laddr: stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        created: now,
+        last_active: now,
+        last_cmd: "NULL",
+        proto: Protocol::Resp2,
+        qbuf: 0,
+    }));
+    shard.clients.borrow_mut().insert(id, info.clone());
+    let mut conn = Conn {
+        shard: shard.clone(),
+        info,
+        proto: Protocol::Resp2,
+        close: false,
+    };
+    let result = run(
+        &mut conn,
+        stream.buffered_with(glommio::net::Preallocated::new(16 * 1024)),
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(client = id, error = %e, "connection ended with an error");
+    }
+    shard.clients.borrow_mut().remove(&id);
+    g.connected_clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(
+    conn: &mut Conn,
+    mut stream: TcpStream<glommio::net::Preallocated>,
+) -> std::io::Result<()> {
+    let shard = conn.shard.clone();
+    let g = shard.global.clone();
+    let mut parser = Parser::new(limits(conn));
+    let mut qbuf = BytesMut::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut cmds: Vec<Vec<Bytes>> = Vec::new();
+    loop {
+        // Read, unless shutdown was requested while we were idle.
+        let chunk_len = {
+            let read = stream.fill_buf();
+            let stop = shard.shutdown.wait();
+            match futures_lite::future::or(async { Some(read.await) }, async {
+                stop.await;
+                None
+            })
+            .await
+            {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok([])) => return Ok(()),
+                Some(Ok(data)) => {
+                    qbuf.extend_from_slice(data);
+                    data.len()
+                }
+            }
+        };
+        stream.consume(chunk_len);
+        shard
+            .stats
+            .net_input_bytes
+            .set(shard.stats.net_input_bytes.get() + chunk_len as u64);
+        let parsed = parser.parse(&mut qbuf, &mut cmds);
+        if !cmds.is_empty() {
+            execute_all(conn, &mut cmds, &mut out).await;
+            cmds.clear();
+        }
+        if let Err(e) = parsed {
+            ReplyWriter::new(&mut out, conn.proto).error(&e.message());
+            conn.close = true;
+        } else if qbuf.len() > g.client_query_buffer_limit.load(Ordering::Relaxed) {
+            tracing::warn!(
+                client = conn.info.borrow().id,
+                bytes = qbuf.len(),
+                "closing client that reached max query buffer length"
+            );
+            conn.close = true;
+        }
+        {
+            let mut info = conn.info.borrow_mut();
+            info.qbuf = qbuf.len();
+            info.last_active = std::time::Instant::now();
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            shard
+                .stats
+                .net_output_bytes
+                .set(shard.stats.net_output_bytes.get() + out.len() as u64);
+            out.clear();
+        }
+        if out.capacity() > 1024 * 1024 {
+            out.shrink_to(16 * 1024);
+        }
+        if conn.close || shard.shutdown.is_set() {
+            return Ok(());
+        }
+        parser.set_limits(limits(conn));
+        if qbuf.capacity() - qbuf.len() < 4096 {
+            qbuf.reserve(16 * 1024);
+        }
+    }
+}
+
+fn limits(conn: &Conn) -> Limits {
+    Limits {
+        max_bulk_bytes: conn.shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
+        ..Limits::default()
+    }
+}
+
+/// Executes parsed commands in rounds and appends their replies to `out` in order.
+async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>) {
+    let shard = conn.shard.clone();
+    let n = shard.shards();
+    let mut round = Round::new(n);
+    let mut processed = 0u64;
+    let mut last_cmd = "NULL";
+    for args in cmds.iter_mut() {
+        if conn.close {
+            break;
+        }
+        let Some(spec) = cmd::lookup(&args[0]) else {
+            local_reply(&mut round, out, conn.proto, |w| {
+                w.error(&cmd::unknown_command_error(args))
+            });
+            continue;
+        };
+        if !spec.arity_ok(args.len())
+            || (matches!(spec.name, "mset" | "msetnx") && args.len() % 2 == 0)
+        {
+            local_reply(&mut round, out, conn.proto, |w| {
+                w.error(&cmd::arity_error(spec.name))
+            });
+            continue;
+        }
+        processed += 1;
+        last_cmd = spec.name;
+        match spec.route {
+            Route::Local => {
+                local_reply(&mut round, out, conn.proto, |w| {
+                    crate::cmd::server::run_local(spec, args, w)
+                });
+            }
+            Route::Keys => {
+                let owner = owner_of(spec, args, n);
+                match owner {
+                    Some(s) if s == shard.id => {
+                        if shard.gate.is_held() {
+                            shard.gate.wait_free().await;
+                        }
+                        let proto = conn.proto;
+                        local_reply(&mut round, out, proto, |w| {
+                            let mut store = shard.store.borrow_mut();
+                            let mut cx = Exec {
+                                store: &mut store,
+                                now_ms: now_ms(),
+                                max_value_bytes: shard
+                                    .global
+                                    .proto_max_bulk_len
+                                    .load(Ordering::Relaxed),
+                            };
+                            cmd::execute_keyed(spec, args, &mut cx, w);
+                        });
+                    }
+                    Some(s) => {
+                        let idx = round.batches[s].len() as u32;
+                        round.batches[s].push(std::mem::take(args));
+                        round.order.push((s as u32, idx));
+                        round.has_remote = true;
+                    }
+                    None => {
+                        flush_round(&shard, conn.proto, &mut round, out).await;
+                        let mut w = ReplyWriter::new(out, conn.proto);
+                        coord::run_multi(&shard, spec, args, &mut w).await;
+                    }
+                }
+            }
+            Route::Connection => {
+                flush_round(&shard, conn.proto, &mut round, out).await;
+                crate::cmd::server::run_connection(conn, spec, args, out).await;
+            }
+        }
+    }
+    flush_round(&shard, conn.proto, &mut round, out).await;
+    let s = &shard.stats.commands_processed;
+    s.set(s.get() + processed);
+    conn.info.borrow_mut().last_cmd = last_cmd;
+}
+
+/// The single shard owning every key of the command, or `None` if they span shards.
+fn owner_of(spec: &CommandSpec, args: &[Bytes], n: usize) -> Option<usize> {
+    if n == 1 {
+        return Some(0);
+    }
+    let mut keys = spec.key_indices(args.len());
+    let first = crate::shard::shard_of(&args[keys.next()?], n);
+    keys.all(|i| crate::shard::shard_of(&args[i], n) == first)
+        .then_some(first)
+}
+
+/// Writes a reply produced on this shard: straight into `out` while the round has no remote
+/// replies before it, else into the round's local buffer to be merged in order.
+fn local_reply(
+    round: &mut Round,
+    out: &mut Vec<u8>,
+    proto: Protocol,
+    f: impl FnOnce(&mut ReplyWriter),
+) {
+    if !round.has_remote {
+        f(&mut ReplyWriter::new(out, proto));
+        return;
+    }
+    f(&mut ReplyWriter::new(&mut round.local, proto));
+    round.order.push((LOCAL, round.local_ends.len() as u32));
+    round.local_ends.push(round.local.len() as u32);
+}
+
+/// Sends every pending batch (all in flight together), waits for the replies and appends all
+/// of the round's replies to `out` in command order.
+async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out: &mut Vec<u8>) {
+    if !round.has_remote {
+        return;
+    }
+    let mut calls = Vec::new();
+    for (s, batch) in round.batches.iter_mut().enumerate() {
+        if !batch.is_empty() {
+            let cmds = std::mem::take(batch);
+            calls.push((s, shard.send(s, Request::Batch { proto, cmds }).await));
+        }
+    }
+    let mut replies: Vec<Option<(Vec<u8>, Vec<u32>)>> = vec![None; round.batches.len()];
+    for (s, call) in calls {
+        if let Some(call) = call {
+            if let Response::Batch { out, ends } = call.await {
+                replies[s] = Some((out, ends));
+            }
+        }
+    }
+    for &(src, idx) in &round.order {
+        let (buf, ends) = if src == LOCAL {
+            (&round.local, &round.local_ends)
+        } else {
+            match &replies[src as usize] {
+                Some((b, e)) => (b, e),
+                None => {
+                    ReplyWriter::new(out, proto)
+                        .error("ERR shard unavailable (server shutting down)");
+                    continue;
+                }
+            }
+        };
+        let start = if idx == 0 {
+            0
+        } else {
+            ends[idx as usize - 1] as usize
+        };
+        out.extend_from_slice(&buf[start..ends[idx as usize] as usize]);
+    }
+    round.order.clear();
+    round.local.clear();
+    round.local_ends.clear();
+    round.has_remote = false;
+}

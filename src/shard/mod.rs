@@ -1,0 +1,522 @@
+//! A shard: one executor's slice of the keyspace, and how shards talk to each other.
+//!
+//! # Ownership
+//! Each glommio executor (one per core) owns exactly one [`Shard`]: its [`Store`], its gate, its
+//! clients. Nothing here is shared between threads except [`Global`] (settings and counters
+//! behind atomics). A key belongs to shard `xxh3(key) % N` ([`shard_of`]), with a fixed seed so
+//! that a key keeps its shard across restarts.
+//!
+//! # Talking to other shards
+//! Shards form a full mesh of bounded glommio channels. A connection that needs another shard
+//! sends a [`Request`] and awaits the [`Response`], matched by a per-shard request id. Requests
+//! are handled by one receive task per peer; a request that can run at once (the common case)
+//! runs inline in that task, anything that must wait (for the gate) is spawned so the receive
+//! loop never blocks, and responses go back with `try_send` falling back to a spawned send. So
+//! two shards waiting on each other's full channels cannot deadlock.
+//!
+//! # The gate: atomic multi-shard commands
+//! MSET, MGET, DEL, EXISTS, MSETNX, RENAME... whose keys span shards take each involved shard's
+//! gate in ascending shard order ([`Request::Lock`]), run their per-shard parts, then release
+//! the gates. While a shard's gate is held, every other command on that shard waits. Ascending
+//! order makes deadlock impossible (the holder of the highest gate never waits for a lower one);
+//! holding every gate while the parts run makes the command atomic: no client can observe some
+//! keys of an MSET updated and others not, even across separate commands. Single-shard commands
+//! never take a gate; they only check that it is free (one `Cell` read).
+
+pub mod ops;
+
+use crate::config::Config;
+use crate::resp::Protocol;
+use crate::store::Store;
+use bytes::Bytes;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+pub use ops::{AdminOp, AdminResult, PartOp, PartResult};
+
+/// Capacity of each shard-to-shard channel (messages).
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// The shard that owns `key` among `n` shards.
+pub fn shard_of(key: &[u8], n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    (xxhash_rust::xxh3::xxh3_64(key) % n as u64) as usize
+}
+
+/// Process-wide state: settings that CONFIG SET may change, and counters. Atomics only.
+pub struct Global {
+    pub config: Config,
+    pub shards: usize,
+    pub maxclients: AtomicUsize,
+    pub proto_max_bulk_len: AtomicUsize,
+    pub client_query_buffer_limit: AtomicUsize,
+    pub connected_clients: AtomicUsize,
+    pub next_client_id: AtomicU64,
+    pub total_connections_received: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub shutdown: AtomicBool,
+    pub started: std::time::Instant,
+    pub run_id: String,
+    /// The address actually bound (port resolved when `--bind` used port 0).
+    pub listen_addr: std::net::SocketAddr,
+}
+
+impl Global {
+    pub fn new(config: Config, shards: usize, listen_addr: std::net::SocketAddr) -> Self {
+        let run_id: String = (0..40)
+            .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+            .collect();
+        Global {
+            maxclients: AtomicUsize::new(config.maxclients),
+            proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
+            client_query_buffer_limit: AtomicUsize::new(config.client_query_buffer_limit),
+            connected_clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+            total_connections_received: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            run_id,
+            listen_addr,
+            shards,
+            config,
+        }
+    }
+
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// A message between shards.
+pub enum Msg {
+    Request { id: u64, from: usize, req: Request },
+    Response { id: u64, resp: Response },
+}
+
+/// Work one shard asks of another.
+pub enum Request {
+    /// Run single-shard commands in order; reply with their encoded replies.
+    Batch {
+        proto: Protocol,
+        cmds: Vec<Vec<Bytes>>,
+    },
+    /// Take the gate for multi-shard transaction `tx` (waits while another holds it).
+    Lock { tx: u64 },
+    /// Release the gate held by `tx`. No response.
+    Unlock { tx: u64 },
+    /// One shard's part of a multi-shard command, run under the gate `tx` holds.
+    Part { tx: u64, op: PartOp },
+    /// Server-wide commands (DBSIZE, SCAN, INFO, ...) that visit every shard.
+    Admin(AdminOp),
+}
+
+pub enum Response {
+    /// Encoded replies back to back; `ends[i]` is the end offset of reply `i`.
+    Batch {
+        out: Vec<u8>,
+        ends: Vec<u32>,
+    },
+    Locked,
+    Part(PartResult),
+    Admin(AdminResult),
+    /// The shard could not be reached (shutting down).
+    Unavailable,
+}
+
+/// Per-shard counters for INFO stats.
+#[derive(Default)]
+pub struct ShardStats {
+    pub commands_processed: Cell<u64>,
+    pub net_input_bytes: Cell<u64>,
+    pub net_output_bytes: Cell<u64>,
+}
+
+/// What CLIENT LIST shows about one connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: String,
+    pub laddr: String,
+    pub fd: i32,
+    pub name: Option<Vec<u8>>,
+    pub lib_name: Option<Vec<u8>>,
+    pub lib_ver: Option<Vec<u8>>,
+    pub created: std::time::Instant,
+    pub last_active: std::time::Instant,
+    pub last_cmd: &'static str,
+    pub proto: Protocol,
+    pub qbuf: usize,
+}
+
+impl ClientInfo {
+    /// One line in Redis 7's CLIENT LIST format (without the trailing newline).
+    pub fn line(&self) -> String {
+        let name = self
+            .name
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let lib_name = self
+            .lib_name
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let lib_ver = self
+            .lib_ver
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        format!(
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
+             qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+             cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.laddr,
+            self.fd,
+            name,
+            self.created.elapsed().as_secs(),
+            self.last_active.elapsed().as_secs(),
+            self.qbuf,
+            self.last_cmd,
+            self.proto.version(),
+            lib_name,
+            lib_ver,
+        )
+    }
+}
+
+/// A one-shot event on one executor: set once, wakes every waiter.
+#[derive(Default)]
+pub struct LocalEvent {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl LocalEvent {
+    pub fn set(&self) {
+        self.set.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// The multi-shard gate (see the module docs).
+#[derive(Default)]
+pub struct Gate {
+    holder: Cell<Option<u64>>,
+    waiters: RefCell<VecDeque<Waker>>,
+}
+
+impl Gate {
+    pub fn is_held(&self) -> bool {
+        self.holder.get().is_some()
+    }
+
+    pub fn held_by(&self, tx: u64) -> bool {
+        self.holder.get() == Some(tx)
+    }
+
+    /// Waits until no transaction holds the gate.
+    pub fn wait_free(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.holder.get().is_none() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Takes the gate for `tx` if it is free.
+    pub fn try_acquire(&self, tx: u64) -> bool {
+        if self.holder.get().is_none() {
+            self.holder.set(Some(tx));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the gate for `tx`, waiting while another transaction holds it.
+    pub fn acquire(&self, tx: u64) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.holder.get().is_none() {
+                self.holder.set(Some(tx));
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    pub fn release(&self, tx: u64) {
+        if self.holder.get() == Some(tx) {
+            self.holder.set(None);
+            // Wake everyone: waiters re-check, and the first to run takes the gate.
+            for w in self.waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+struct Slot {
+    resp: RefCell<Option<Response>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// One executor's shard.
+pub struct Shard {
+    pub id: usize,
+    pub global: Arc<Global>,
+    pub store: RefCell<Store>,
+    pub gate: Gate,
+    pub stats: ShardStats,
+    /// Connections accepted by this shard, for CLIENT LIST.
+    pub clients: RefCell<HashMap<u64, Rc<RefCell<ClientInfo>>>>,
+    /// Set when the server shuts down: accept loops and idle connections stop.
+    pub shutdown: LocalEvent,
+    senders: Option<Senders<Msg>>,
+    pending: RefCell<HashMap<u64, Rc<Slot>>>,
+    next_id: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(id: usize, global: Arc<Global>, senders: Option<Senders<Msg>>) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            global,
+            store: RefCell::new(Store::new(rand::random())),
+            gate: Gate::default(),
+            stats: ShardStats::default(),
+            clients: RefCell::default(),
+            shutdown: LocalEvent::default(),
+            senders,
+            pending: RefCell::default(),
+            next_id: Cell::new(1),
+        })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.global.shards
+    }
+
+    /// A transaction id unique across shards.
+    pub fn new_tx(&self) -> u64 {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        ((self.id as u64) << 48) | (n & ((1 << 48) - 1))
+    }
+
+    /// Sends `req` to shard `to` and returns a future for the response.
+    pub async fn call(self: &Rc<Self>, to: usize, req: Request) -> Response {
+        match self.send(to, req).await {
+            Some(call) => call.await,
+            None => Response::Unavailable,
+        }
+    }
+
+    /// Sends `req` without waiting for the response; await the returned [`Call`] later. Lets a
+    /// connection have requests to several shards in flight at once.
+    pub async fn send(self: &Rc<Self>, to: usize, req: Request) -> Option<Call> {
+        let senders = self.senders.as_ref()?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let slot = Rc::new(Slot {
+            resp: RefCell::new(None),
+            waker: RefCell::new(None),
+        });
+        self.pending.borrow_mut().insert(id, slot.clone());
+        if senders
+            .send_to(
+                to,
+                Msg::Request {
+                    id,
+                    from: self.id,
+                    req,
+                },
+            )
+            .await
+            .is_err()
+        {
+            self.pending.borrow_mut().remove(&id);
+            return None;
+        }
+        Some(Call {
+            shard: self.clone(),
+            id,
+            slot,
+        })
+    }
+
+    /// Sends a message that has no response.
+    pub fn notify(self: &Rc<Self>, to: usize, req: Request) {
+        let Some(senders) = self.senders.as_ref() else {
+            return;
+        };
+        let msg = Msg::Request {
+            id: 0,
+            from: self.id,
+            req,
+        };
+        if let Err(msg) = senders.try_send_to(to, msg).map_err(full_channel_msg) {
+            let Some(msg) = msg else { return };
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                if let Some(s) = me.senders.as_ref() {
+                    let _ = s.send_to(to, msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn respond(self: &Rc<Self>, to: usize, id: u64, resp: Response) {
+        let Some(senders) = self.senders.as_ref() else {
+            return;
+        };
+        if let Err(msg) = senders
+            .try_send_to(to, Msg::Response { id, resp })
+            .map_err(full_channel_msg)
+        {
+            let Some(msg) = msg else { return };
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                if let Some(s) = me.senders.as_ref() {
+                    let _ = s.send_to(to, msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Starts one receive task per peer. Called once when the executor starts.
+    pub fn start_receivers(self: &Rc<Self>, mut receivers: Receivers<Msg>) {
+        for (_peer, rx) in receivers.streams() {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    me.handle(msg);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: Msg) {
+        match msg {
+            Msg::Response { id, resp } => {
+                if let Some(slot) = self.pending.borrow_mut().remove(&id) {
+                    *slot.resp.borrow_mut() = Some(resp);
+                    if let Some(w) = slot.waker.borrow_mut().take() {
+                        w.wake();
+                    }
+                }
+            }
+            Msg::Request { id, from, req } => match req {
+                Request::Unlock { tx } => self.gate.release(tx),
+                Request::Lock { tx } => {
+                    if self.gate.try_acquire(tx) {
+                        self.respond(from, id, Response::Locked);
+                    } else {
+                        let me = self.clone();
+                        glommio::spawn_local(async move {
+                            me.gate.acquire(tx).await;
+                            me.respond(from, id, Response::Locked);
+                        })
+                        .detach();
+                    }
+                }
+                Request::Part { tx, op } => {
+                    let r = ops::run_part(self, tx, op);
+                    self.respond(from, id, Response::Part(r));
+                }
+                Request::Admin(op) => {
+                    let r = ops::run_admin(self, op);
+                    self.respond(from, id, Response::Admin(r));
+                }
+                Request::Batch { proto, cmds } => {
+                    if !self.gate.is_held() {
+                        let resp = ops::run_batch(self, proto, &cmds);
+                        self.respond(from, id, resp);
+                    } else {
+                        let me = self.clone();
+                        glommio::spawn_local(async move {
+                            me.gate.wait_free().await;
+                            let resp = ops::run_batch(&me, proto, &cmds);
+                            me.respond(from, id, resp);
+                        })
+                        .detach();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The message back from a failed `try_send`, if it failed because the channel was full (the
+/// caller then sends it from a task). A closed channel means the peer is shutting down: the
+/// message is dropped and the waiting side sees `Unavailable` when its executor stops.
+fn full_channel_msg(e: glommio::GlommioError<Msg>) -> Option<Msg> {
+    match e {
+        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// A request in flight; resolves to its [`Response`].
+pub struct Call {
+    shard: Rc<Shard>,
+    id: u64,
+    slot: Rc<Slot>,
+}
+
+impl Future for Call {
+    type Output = Response;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        if let Some(r) = self.slot.resp.borrow_mut().take() {
+            return Poll::Ready(r);
+        }
+        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.shard.pending.borrow_mut().remove(&self.id);
+    }
+}

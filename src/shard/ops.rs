@@ -1,0 +1,259 @@
+//! What one shard does for another: batches of single-shard commands, the parts of
+//! multi-shard commands, and server-wide operations.
+//!
+//! Each function here runs synchronously on the owning executor, so each is atomic on its
+//! shard. The same functions serve the local shard (called directly) and remote ones (called
+//! from the receive loop), so there is one code path per operation.
+
+use super::{Request, Response, Shard};
+use crate::cmd::{self, keys::glob_match, Exec};
+use crate::resp::{Protocol, ReplyWriter};
+use crate::store::{now_ms, Entry, StoreStats};
+use bytes::Bytes;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+/// One shard's part of a multi-shard command. Runs while the transaction holds the shard's gate.
+pub enum PartOp {
+    /// Values of these keys (None when missing).
+    Mget(Vec<Bytes>),
+    /// Set these pairs (no TTL).
+    Mset(Vec<(Bytes, Bytes)>),
+    /// Delete these keys; count removed.
+    Del(Vec<Bytes>),
+    /// Count existing keys (duplicates count each time).
+    Exists(Vec<Bytes>),
+    /// Remove and return a key (RENAME's source).
+    Take(Bytes),
+    /// Store a key with an absolute expiry (RENAME's destination).
+    Put {
+        key: Bytes,
+        value: Vec<u8>,
+        expire_at_ms: Option<u64>,
+    },
+}
+
+pub enum PartResult {
+    Values(Vec<Option<Vec<u8>>>),
+    Count(i64),
+    Taken(Option<(Vec<u8>, Option<u64>)>),
+    Done,
+    /// The transaction did not hold this shard's gate: a bug, reported rather than ignored.
+    NotLocked,
+}
+
+/// Server-wide operations, sent to every shard.
+pub enum AdminOp {
+    DbSize,
+    Flush,
+    Keys(Bytes),
+    /// One SCAN step on this shard's table.
+    Scan {
+        cursor: u64,
+        count: usize,
+        pattern: Option<Bytes>,
+        only_strings: bool,
+    },
+    RandomKey,
+    Report,
+    ClientList,
+    ResetStats,
+}
+
+/// A shard's figures for INFO.
+#[derive(Debug, Default, Clone)]
+pub struct ShardReport {
+    pub store: StoreStats,
+    pub commands_processed: u64,
+    pub net_input_bytes: u64,
+    pub net_output_bytes: u64,
+    pub connected_clients: u64,
+}
+
+pub enum AdminResult {
+    Count(i64),
+    Keys(Vec<Vec<u8>>),
+    Scan { next: u64, keys: Vec<Vec<u8>> },
+    Key(Option<Vec<u8>>),
+    Report(Box<ShardReport>),
+    Clients(Vec<String>),
+    Done,
+}
+
+fn exec<'a>(shard: &Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
+    Exec {
+        store,
+        now_ms: now_ms(),
+        max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
+    }
+}
+
+/// Runs single-shard key commands in order and returns their encoded replies.
+pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> Response {
+    let mut out = Vec::with_capacity(cmds.len() * 16);
+    let mut ends = Vec::with_capacity(cmds.len());
+    let mut store = shard.store.borrow_mut();
+    for args in cmds {
+        let mut w = ReplyWriter::new(&mut out, proto);
+        match cmd::lookup(&args[0]) {
+            Some(spec) => {
+                let mut cx = exec(shard, &mut store);
+                cmd::execute_keyed(spec, args, &mut cx, &mut w);
+            }
+            None => w.error(&cmd::unknown_command_error(args)),
+        }
+        ends.push(out.len() as u32);
+    }
+    Response::Batch { out, ends }
+}
+
+pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> PartResult {
+    if !shard.gate.held_by(tx) {
+        return PartResult::NotLocked;
+    }
+    let mut store = shard.store.borrow_mut();
+    let mut cx = exec(shard, &mut store);
+    match op {
+        PartOp::Mget(keys) => PartResult::Values(
+            keys.iter()
+                .map(|k| cx.lookup_read(k).map(|e| e.value().to_vec()))
+                .collect(),
+        ),
+        PartOp::Mset(pairs) => {
+            for (k, v) in &pairs {
+                cx.write_set(k, v, None);
+            }
+            PartResult::Done
+        }
+        PartOp::Del(keys) => {
+            PartResult::Count(keys.iter().filter(|k| cx.write_del(k)).count() as i64)
+        }
+        PartOp::Exists(keys) => {
+            PartResult::Count(keys.iter().filter(|k| cx.exists(k)).count() as i64)
+        }
+        PartOp::Take(key) => PartResult::Taken(
+            cx.write_take(&key)
+                .map(|e| (e.value().to_vec(), e.expire_at_ms())),
+        ),
+        PartOp::Put {
+            key,
+            value,
+            expire_at_ms,
+        } => {
+            cx.write_entry(Entry::new(&key, &value, expire_at_ms));
+            PartResult::Done
+        }
+    }
+}
+
+pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
+    let now = now_ms();
+    match op {
+        AdminOp::DbSize => AdminResult::Count(shard.store.borrow().len() as i64),
+        AdminOp::Flush => {
+            exec(shard, &mut shard.store.borrow_mut()).write_flush();
+            AdminResult::Done
+        }
+        AdminOp::Keys(pattern) => {
+            let store = shard.store.borrow();
+            let mut keys = Vec::new();
+            let mut cursor = 0;
+            loop {
+                cursor = store.scan(cursor, now, |e| {
+                    if glob_match(&pattern, e.key()) {
+                        keys.push(e.key().to_vec());
+                    }
+                });
+                if cursor == 0 {
+                    break;
+                }
+            }
+            AdminResult::Keys(keys)
+        }
+        AdminOp::Scan {
+            cursor,
+            count,
+            pattern,
+            only_strings,
+        } => {
+            let store = shard.store.borrow();
+            let mut keys = Vec::new();
+            let mut next = cursor;
+            // Like Redis: visit buckets until about `count` entries were seen (bounded to
+            // count*10 bucket visits so sparse tables stay cheap per call).
+            let mut visits = 0usize;
+            loop {
+                next = store.scan(next, now, |e| {
+                    if only_strings && pattern.as_ref().is_none_or(|p| glob_match(p, e.key())) {
+                        keys.push(e.key().to_vec());
+                    }
+                });
+                visits += 1;
+                if next == 0 || keys.len() >= count || visits >= count.saturating_mul(10) {
+                    break;
+                }
+            }
+            AdminResult::Scan { next, keys }
+        }
+        AdminOp::RandomKey => AdminResult::Key(shard.store.borrow_mut().random_key(now)),
+        AdminOp::Report => AdminResult::Report(Box::new(ShardReport {
+            store: shard.store.borrow().stats(),
+            commands_processed: shard.stats.commands_processed.get(),
+            net_input_bytes: shard.stats.net_input_bytes.get(),
+            net_output_bytes: shard.stats.net_output_bytes.get(),
+            connected_clients: shard.clients.borrow().len() as u64,
+        })),
+        AdminOp::ClientList => {
+            let clients = shard.clients.borrow();
+            let mut v: Vec<_> = clients
+                .values()
+                .map(|c| (c.borrow().id, c.borrow().line()))
+                .collect();
+            v.sort_by_key(|(id, _)| *id);
+            AdminResult::Clients(v.into_iter().map(|(_, l)| l).collect())
+        }
+        AdminOp::ResetStats => {
+            shard.stats.commands_processed.set(0);
+            shard.stats.net_input_bytes.set(0);
+            shard.stats.net_output_bytes.set(0);
+            AdminResult::Done
+        }
+    }
+}
+
+/// Runs `op` on every shard (the local one directly, the others in parallel over the mesh)
+/// and returns the results in shard order.
+pub async fn on_all_shards(shard: &Rc<Shard>, op: impl Fn() -> AdminOp) -> Vec<AdminResult> {
+    let mut calls = Vec::new();
+    for s in 0..shard.shards() {
+        if s != shard.id {
+            calls.push(shard.send(s, Request::Admin(op())).await);
+        }
+    }
+    let mut results = Vec::with_capacity(shard.shards());
+    let mut calls = calls.into_iter();
+    for s in 0..shard.shards() {
+        if s == shard.id {
+            results.push(run_admin(shard, op()));
+        } else if let Some(Some(call)) = calls.next() {
+            match call.await {
+                Response::Admin(r) => results.push(r),
+                _ => results.push(AdminResult::Done),
+            }
+        } else {
+            results.push(AdminResult::Done);
+        }
+    }
+    results
+}
+
+/// Runs `op` on shard `to` (directly when it is this shard).
+pub async fn on_shard(shard: &Rc<Shard>, to: usize, op: AdminOp) -> AdminResult {
+    if to == shard.id {
+        return run_admin(shard, op);
+    }
+    match shard.call(to, Request::Admin(op)).await {
+        Response::Admin(r) => r,
+        _ => AdminResult::Done,
+    }
+}
