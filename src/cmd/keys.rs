@@ -122,7 +122,8 @@ pub fn ttl(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter, form: TtlForm) 
     out.integer(match form {
         TtlForm::RemainingSeconds => (remaining + 500) / 1000,
         TtlForm::RemainingMillis => remaining,
-        TtlForm::AbsoluteSeconds => (t / 1000) as i64,
+        // Rounded to the nearest second, as Redis does.
+        TtlForm::AbsoluteSeconds => (t.saturating_add(500) / 1000) as i64,
         TtlForm::AbsoluteMillis => t as i64,
     });
 }

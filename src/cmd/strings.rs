@@ -20,8 +20,9 @@ struct SetOptions {
     get: bool,
     keepttl: bool,
     persist: bool,
-    /// Absolute expiry, when an EX/PX/EXAT/PXAT option was given.
-    expire_at_ms: Option<u64>,
+    /// The expiry option (`EX`, `PX`, `EXAT`, `PXAT`) and its unparsed value. Repeating the
+    /// same option is allowed (the last wins); mixing two is a syntax error.
+    expire: Option<(&'static [u8], Bytes)>,
 }
 
 #[derive(PartialEq, Clone, Copy)]
@@ -30,39 +31,48 @@ enum Form {
     GetEx,
 }
 
-/// Parses SET/GETEX options with Redis's rules (`parseExtendedStringArgumentsOrReply`).
-fn parse_set_options(
-    args: &[Bytes],
-    form: Form,
-    now_ms: u64,
-    cmd: &str,
-) -> Result<SetOptions, String> {
+/// Parses SET/GETEX options with Redis's rules (`parseExtendedStringArgumentsOrReply`): only
+/// the syntax is checked here; the expiry value is parsed later, as Redis does, so that
+/// `SET k v EX abc NX XX` is a syntax error and `GETEX missing EX 0` is nil.
+fn parse_set_options(args: &[Bytes], form: Form) -> Result<SetOptions, &'static str> {
     let mut o = SetOptions::default();
-    let mut expire_given = false;
     let mut i = 0;
     while i < args.len() {
         let a = upper(&args[i]);
         let next = args.get(i + 1);
-        match a.as_slice() {
-            b"NX" if form == Form::Set && !o.xx => o.nx = true,
-            b"XX" if form == Form::Set && !o.nx => o.xx = true,
-            b"GET" if form == Form::Set => o.get = true,
-            b"KEEPTTL" if form == Form::Set && !expire_given => o.keepttl = true,
-            b"PERSIST" if form == Form::GetEx && !expire_given => o.persist = true,
-            b"EX" | b"PX" | b"EXAT" | b"PXAT"
-                if !o.keepttl && !o.persist && !expire_given && next.is_some() =>
+        let unit: Option<&'static [u8]> = match a.as_slice() {
+            b"EX" => Some(b"EX"),
+            b"PX" => Some(b"PX"),
+            b"EXAT" => Some(b"EXAT"),
+            b"PXAT" => Some(b"PXAT"),
+            _ => None,
+        };
+        match (a.as_slice(), unit) {
+            (b"NX", _) if form == Form::Set && !o.xx => o.nx = true,
+            (b"XX", _) if form == Form::Set && !o.nx => o.xx = true,
+            (b"GET", _) if form == Form::Set => o.get = true,
+            (b"KEEPTTL", _) if form == Form::Set && !o.persist && o.expire.is_none() => o.keepttl = true,
+            (b"PERSIST", _) if form == Form::GetEx && !o.keepttl && o.expire.is_none() => o.persist = true,
+            (_, Some(u))
+                if !o.keepttl && !o.persist && o.expire.as_ref().is_none_or(|(prev, _)| *prev == u) && next.is_some() =>
             {
-                let v = int_arg(&args[i + 1]).map_err(str::to_string)?;
-                o.expire_at_ms =
-                    Some(expire_to_abs_ms(v, &a, now_ms).ok_or_else(|| invalid_expire(cmd))?);
-                expire_given = true;
+                o.expire = next.map(|v| (u, v.clone()));
                 i += 1;
             }
-            _ => return Err(err::SYNTAX.into()),
+            _ => return Err(err::SYNTAX),
         }
         i += 1;
     }
     Ok(o)
+}
+
+/// Turns the expiry option of SET/GETEX into absolute Unix ms, with Redis's error replies.
+fn expire_option_ms(expire: &Option<(&'static [u8], Bytes)>, now_ms: u64, cmd: &str) -> Result<Option<u64>, String> {
+    let Some((unit, value)) = expire else {
+        return Ok(None);
+    };
+    let v = int_arg(value).map_err(str::to_string)?;
+    expire_to_abs_ms(v, unit, now_ms).map(Some).ok_or_else(|| invalid_expire(cmd))
 }
 
 pub(crate) fn invalid_expire(cmd: &str) -> String {
@@ -93,8 +103,12 @@ pub fn get(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
 }
 
 pub fn set(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
-    let o = match parse_set_options(&args[3..], Form::Set, cx.now_ms, "set") {
+    let o = match parse_set_options(&args[3..], Form::Set) {
         Ok(o) => o,
+        Err(e) => return out.error(e),
+    };
+    let expire_at_ms = match expire_option_ms(&o.expire, cx.now_ms, "set") {
+        Ok(t) => t,
         Err(e) => return out.error(&e),
     };
     let key = &args[1];
@@ -111,11 +125,7 @@ pub fn set(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
         }
         return;
     }
-    let expire = if o.keepttl {
-        old.as_ref().and_then(|(_, t)| *t)
-    } else {
-        o.expire_at_ms
-    };
+    let expire = if o.keepttl { old.as_ref().and_then(|(_, t)| *t) } else { expire_at_ms };
     cx.write_set(key, &args[2], expire);
     if !o.get {
         out.ok();
@@ -162,17 +172,24 @@ pub fn getdel(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
 }
 
 pub fn getex(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
-    let o = match parse_set_options(&args[2..], Form::GetEx, cx.now_ms, "getex") {
+    let o = match parse_set_options(&args[2..], Form::GetEx) {
         Ok(o) => o,
-        Err(e) => return out.error(&e),
+        Err(e) => return out.error(e),
     };
     let key = &args[1];
-    let Some(e) = cx.lookup_read(key) else {
+    if cx.lookup_read(key).is_none() {
+        return out.null();
+    }
+    let expire_at_ms = match expire_option_ms(&o.expire, cx.now_ms, "getex") {
+        Ok(t) => t,
+        Err(e) => return out.error(&e),
+    };
+    let Some(e) = cx.get(key) else {
         return out.null();
     };
     out.bulk(e.value());
     let has_ttl = e.has_ttl();
-    if let Some(t) = o.expire_at_ms {
+    if let Some(t) = expire_at_ms {
         cx.write_expire(key, Some(t));
     } else if o.persist && has_ttl {
         cx.write_expire(key, None);

@@ -501,3 +501,164 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         args.push(cur);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> (Vec<Vec<Vec<u8>>>, Result<(), ParseError>, usize) {
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        let r = p.parse(&mut buf, &mut out);
+        let cmds = out.into_iter().map(|c| c.into_iter().map(|a| a.to_vec()).collect()).collect();
+        (cmds, r, buf.len())
+    }
+
+    /// Feeds `input` in pieces cut at `cuts` and returns every command parsed.
+    fn parse_in_pieces(input: &[u8], cuts: &[usize]) -> Vec<Vec<Vec<u8>>> {
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+            buf.extend_from_slice(&input[prev..c]);
+            prev = c;
+            p.parse(&mut buf, &mut out).expect("valid input");
+        }
+        assert!(buf.is_empty(), "bytes left over: {:?}", buf);
+        out.into_iter().map(|c| c.into_iter().map(|a| a.to_vec()).collect()).collect()
+    }
+
+    const FRAMES: &[&[u8]] = &[
+        b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$5\r\nhello\r\n",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n",
+        b"*2\r\n$4\r\nECHO\r\n$7\r\nx\r\ny\r\nz\r\n",
+        b"PING\r\n",
+        b"set k \"a b\\x41\"\r\n",
+        b"*0\r\n",
+        b"\r\n",
+    ];
+
+    #[test]
+    fn every_frame_split_at_every_offset_parses_the_same() {
+        let all: Vec<u8> = FRAMES.concat();
+        let whole = parse_in_pieces(&all, &[]);
+        assert_eq!(whole.len(), 6);
+        assert_eq!(whole[0], vec![b"SET".to_vec(), b"a".to_vec(), b"hello".to_vec()]);
+        assert_eq!(whole[3][1], b"x\r\ny\r\nz".to_vec());
+        assert_eq!(whole[5], vec![b"set".to_vec(), b"k".to_vec(), b"a bA".to_vec()]);
+        for cut in 0..=all.len() {
+            assert_eq!(parse_in_pieces(&all, &[cut]), whole, "split at {cut}");
+        }
+        // Byte by byte: the worst case for resumption.
+        let cuts: Vec<usize> = (1..all.len()).collect();
+        assert_eq!(parse_in_pieces(&all, &cuts), whole);
+        // Two cuts at every pair of offsets in the first frames.
+        let head_frames = FRAMES[..3].concat();
+        let head = &head_frames[..];
+        let head_whole = parse_in_pieces(head, &[]);
+        for a in 0..head.len() {
+            for b in a..head.len() {
+                assert_eq!(parse_in_pieces(head, &[a, b]), head_whole, "cuts {a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn arguments_are_slices_of_one_frozen_buffer() {
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n*1\r\n$4\r\nPI"[..]);
+        let mut out = Vec::new();
+        p.parse(&mut buf, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][1][..], b"key");
+        // The incomplete command stays buffered.
+        assert_eq!(&buf[..], b"*1\r\n$4\r\nPI");
+    }
+
+    #[test]
+    fn protocol_errors_match_redis() {
+        let e = |input: &[u8]| parse_all(input).1.unwrap_err().message();
+        assert_eq!(e(b"*1\r\n$2147483648\r\n"), "ERR Protocol error: invalid bulk length");
+        assert_eq!(e(b"*1\r\n$-5\r\n"), "ERR Protocol error: invalid bulk length");
+        assert_eq!(e(b"*abc\r\n"), "ERR Protocol error: invalid multibulk length");
+        assert_eq!(e(b"*99999999999\r\n"), "ERR Protocol error: invalid multibulk length");
+        assert_eq!(e(b"*1\r\nx\r\n"), "ERR Protocol error: expected '$', got 'x'");
+        assert_eq!(e(b"set \"a\r\n"), "ERR Protocol error: unbalanced quotes in request");
+        let long = [b"*".as_slice(), &vec![b'1'; MAX_LINE_BYTES + 1]].concat();
+        assert_eq!(e(&long), "ERR Protocol error: too big mbulk count string");
+        let long = [b"*1\r\n$".as_slice(), &vec![b'1'; MAX_LINE_BYTES + 1]].concat();
+        assert_eq!(e(&long), "ERR Protocol error: too big bulk count string");
+        assert_eq!(e(&vec![b'a'; MAX_LINE_BYTES + 1]), "ERR Protocol error: too big inline request");
+    }
+
+    #[test]
+    fn commands_before_an_error_are_still_returned() {
+        let (cmds, r, _) = parse_all(b"*1\r\n$4\r\nPING\r\n*x\r\n");
+        assert_eq!(cmds.len(), 1);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn negative_and_zero_counts_are_ignored() {
+        let (cmds, r, left) = parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n");
+        assert!(r.is_ok());
+        assert_eq!(cmds, vec![vec![b"PING".to_vec()]]);
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn declared_length_reserves_nothing() {
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(&b"*1\r\n$500000000\r\nabc"[..]);
+        let mut out = Vec::new();
+        p.parse(&mut buf, &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
+        assert_eq!(p.bulk_bytes_missing(buf.len()), 500_000_000 - 3 + 2);
+    }
+
+    #[test]
+    fn limits_are_enforced_at_the_boundary() {
+        let limits = Limits { max_bulk_bytes: 4, max_args: 2 };
+        let run = |input: &[u8]| {
+            let mut p = Parser::new(limits);
+            let mut buf = BytesMut::from(input);
+            let mut out = Vec::new();
+            p.parse(&mut buf, &mut out).map(|_| out.len())
+        };
+        assert_eq!(run(b"*1\r\n$4\r\nabcd\r\n"), Ok(1));
+        assert_eq!(run(b"*1\r\n$5\r\nabcde\r\n"), Err(ParseError::InvalidBulkLength));
+        assert_eq!(run(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"), Ok(1));
+        assert_eq!(run(b"*3\r\n"), Err(ParseError::InvalidMultibulkLength));
+        assert_eq!(run(b"a b\r\n"), Ok(1));
+        assert_eq!(run(b"a b c\r\n"), Err(ParseError::InvalidMultibulkLength));
+    }
+
+    #[test]
+    fn integers_follow_string2ll() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"01"), None);
+        assert_eq!(parse_i64(b"+1"), None);
+        assert_eq!(parse_i64(b" 1"), None);
+        assert_eq!(parse_i64(b"-0"), None);
+        assert_eq!(parse_i64(b""), None);
+    }
+
+    #[test]
+    fn inline_quoting() {
+        let s = |l: &[u8]| split_args(l).map(|v| v.into_iter().map(|a| String::from_utf8_lossy(&a).into_owned()).collect::<Vec<_>>());
+        assert_eq!(s(b"set a b"), Some(vec!["set".into(), "a".into(), "b".into()]));
+        assert_eq!(s(b"  set   'a b'  \"c\\nd\" "), Some(vec!["set".into(), "a b".into(), "c\nd".into()]));
+        assert_eq!(s(b"'it\\'s'"), Some(vec!["it's".into()]));
+        assert_eq!(s(b"\"a\"b"), None);
+        assert_eq!(s(b"'unterminated"), None);
+        assert_eq!(s(b""), Some(vec![]));
+    }
+}
