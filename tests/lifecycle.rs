@@ -94,6 +94,23 @@ fn read_exact_or_panic(s: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Waits until the kernel has no unsent or unacknowledged bytes for `s`: everything written is
+/// in the peer's receive queue (or already read).
+fn wait_until_sent(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut queued: libc::c_int = 0;
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        assert_eq!(rc, 0, "ioctl(SIOCOUTQ)");
+        if queued == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{queued} bytes still unsent");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A pipeline of `n` SETs and the replies it must get.
 fn set_pipeline(n: usize, prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let mut wire = Vec::new();
@@ -105,19 +122,20 @@ fn set_pipeline(n: usize, prefix: &str) -> (Vec<u8>, Vec<u8>) {
     (wire, b"+OK\r\n".repeat(n))
 }
 
-/// Sends a pipeline, waits for its first reply (so the server is in the middle of it), sends
-/// `signal`, then checks the client still gets every reply, then EOF, and the exit code is 0.
-/// Every command the client wrote before the signal counts as in flight (2000 SETs, ~80 kB, sit
-/// in the server's socket buffer by then).
+/// Sends a pipeline, waits until every byte of it has reached the server's socket and its first
+/// reply is back (so the server is in the middle of it), sends `signal`, then checks the client
+/// still gets every reply, then EOF, and that the exit code is 0. Everything the client sent
+/// before the signal is in flight: a server that stops after its current read chunk fails this.
 fn signal_during_pipeline_finishes_it(signal: i32, threads: usize) {
     let mut server = Server::start_with(threads, &[]);
     let addr = server.addr;
     let mut idle = connect(addr);
     let mut s = connect(addr);
-    let (wire, expected) = set_pipeline(2000, "sig");
+    let (wire, expected) = set_pipeline(1000, "sig");
     s.write_all(&wire).unwrap();
     let first = read_exact_or_panic(&mut s, 5);
     assert_eq!(first, b"+OK\r\n");
+    wait_until_sent(&s);
     server.signal(signal);
     let rest = read_to_close(&mut s);
     assert_eq!(rest.len(), expected.len() - 5, "replies after the signal");
@@ -226,7 +244,7 @@ fn port_already_in_use_fails_with_a_clear_message() {
     let addr = blocker.local_addr().unwrap().to_string();
     let out = run_binary(
         &["--bind", &addr, "--threads", "2"],
-        Duration::from_secs(20),
+        Duration::from_secs(10),
     );
     let stderr = assert_clean_failure(&out);
     assert!(stderr.contains("already in use"), "stderr: {stderr}");
@@ -248,7 +266,7 @@ fn second_instance_on_the_same_port_fails_instead_of_sharing_it() {
     let addr = first.addr.to_string();
     let out = run_binary(
         &["--bind", &addr, "--threads", "2"],
-        Duration::from_secs(20),
+        Duration::from_secs(10),
     );
     let stderr = assert_clean_failure(&out);
     assert!(stderr.contains("already in use"), "stderr: {stderr}");
@@ -265,9 +283,10 @@ fn zero_threads_is_rejected() {
     if Server::own_only() {
         return;
     }
+    // A server that accepts 0 keeps running and is killed after the timeout: keep it short.
     let out = run_binary(
         &["--bind", "127.0.0.1:0", "--threads", "0"],
-        Duration::from_secs(20),
+        Duration::from_secs(3),
     );
     let stderr = assert_clean_failure(&out);
     assert!(
@@ -288,7 +307,7 @@ fn invalid_option_values_are_rejected() {
         &["--bind", "127.0.0.1:0", "--client-query-buffer-limit", "-1"][..],
         &["--bind", "not an address"][..],
     ] {
-        let out = run_binary(args, Duration::from_secs(20));
+        let out = run_binary(args, Duration::from_secs(10));
         let stderr = assert_clean_failure(&out);
         assert!(!stderr.contains("listening on"), "{args:?}: {stderr}");
     }
@@ -299,7 +318,7 @@ fn unknown_option_exits_with_usage_error_code_2() {
     if Server::own_only() {
         return;
     }
-    let out = run_binary(&["--no-such-option"], Duration::from_secs(20));
+    let out = run_binary(&["--no-such-option"], Duration::from_secs(10));
     let stderr = assert_clean_failure(&out);
     assert_eq!(
         out.status.code(),
@@ -307,7 +326,7 @@ fn unknown_option_exits_with_usage_error_code_2() {
         "clap's usage error code; stderr: {stderr}"
     );
     assert!(stderr.contains("--no-such-option"), "{stderr}");
-    let out = run_binary(&["stray-positional-argument"], Duration::from_secs(20));
+    let out = run_binary(&["stray-positional-argument"], Duration::from_secs(10));
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -321,7 +340,7 @@ fn help_lists_every_option_with_its_default() {
     if Server::own_only() {
         return;
     }
-    let out = run_binary(&["--help"], Duration::from_secs(20));
+    let out = run_binary(&["--help"], Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(0));
     let text = format!(
         "{}{}",

@@ -295,6 +295,42 @@ fn hello_3_switches_the_connection_to_resp3() {
 }
 
 #[test]
+fn resp3_replies_use_maps_nulls_and_verbatim_strings() {
+    let server = Server::start();
+    let mut w = Wire::connect(server.addr);
+    assert!(w.call(&[b"HELLO", b"3"]).starts_with(b"%7\r\n"));
+    // CONFIG GET is a map; COMMAND DOCS is a map of maps.
+    assert_eq!(w.call(&[b"CONFIG", b"GET", b"nosuchparameter"]), b"%0\r\n");
+    let cfg = w.call(&[b"CONFIG", b"GET", b"maxclients"]);
+    assert!(
+        cfg.starts_with(b"%1\r\n$10\r\nmaxclients\r\n$"),
+        "{:?}",
+        String::from_utf8_lossy(&cfg)
+    );
+    let docs = w.call(&[b"COMMAND", b"DOCS", b"GET"]);
+    assert!(
+        docs.starts_with(b"%1\r\n$3\r\nget\r\n%"),
+        "{:?}",
+        String::from_utf8_lossy(&docs)
+    );
+    // A missing name is the RESP3 null.
+    assert_eq!(w.call(&[b"CLIENT", b"GETNAME"]), b"_\r\n");
+    // INFO and CLIENT INFO/LIST are verbatim strings of format "txt".
+    assert_eq!(
+        w.call(&[b"INFO", b"keyspace"]),
+        b"=16\r\ntxt:# Keyspace\r\n\r\n"
+    );
+    let info = w.call(&[b"CLIENT", b"INFO"]);
+    assert!(
+        info.starts_with(b"=") && info.windows(8).any(|x| x == b"\r\ntxt:id"),
+        "{:?}",
+        String::from_utf8_lossy(&info)
+    );
+    // TIME stays an array of two bulk strings.
+    assert!(w.call(&[b"TIME"]).starts_with(b"*2\r\n$"));
+}
+
+#[test]
 fn hello_with_unsupported_or_bad_version_is_rejected() {
     let server = Server::start();
     let mut w = Wire::connect(server.addr);
