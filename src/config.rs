@@ -12,10 +12,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:6379")]
     pub bind: SocketAddr,
 
-    /// Shards (executors), one per core. 0 means one per online CPU. More threads than CPUs
-    /// share CPUs round-robin.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Shards (executors), one per core, 1 to 1024 [default: one per online CPU]. More threads
+    /// than CPUs share CPUs round-robin.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 
     /// Maximum simultaneous client connections; more are refused with
     /// `-ERR max number of clients reached`.
@@ -43,12 +43,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Number of shards after resolving `--threads 0`.
+    /// Number of shards after resolving the default.
     pub fn shard_count(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+        match self.threads {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -57,13 +56,9 @@ impl Config {
 /// as Redis reads them (`k`=1000, `kb`=1024, ...).
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
     let (num, unit) = lower.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a byte size (e.g. 1048576, 64mb, 1gb)"))?;
+    let n: usize = num.parse().map_err(|_| format!("'{s}' is not a byte size (e.g. 1048576, 64mb, 1gb)"))?;
     let mult: usize = match unit {
         "" | "b" => 1,
         "k" => 1000,
@@ -74,8 +69,7 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         "gb" => 1024 * 1024 * 1024,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use b, kb, mb, gb)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[cfg(test)]

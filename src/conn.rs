@@ -28,6 +28,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+/// During shutdown, a connection with no input for this long is closed.
+const SHUTDOWN_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Marks a reply produced on the connection's own shard in a round's order list.
 const LOCAL: u32 = u32::MAX;
 
@@ -55,10 +58,7 @@ struct Round {
 
 impl Round {
     fn new(shards: usize) -> Self {
-        Round {
-            batches: vec![Vec::new(); shards],
-            ..Default::default()
-        }
+        Round { batches: vec![Vec::new(); shards], ..Default::default() }
     }
 }
 
@@ -70,14 +70,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let now = std::time::Instant::now();
     let info = Rc::new(RefCell::new(ClientInfo {
         id,
-        addr: stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        laddr: stream
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        addr: stream.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        laddr: stream.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
         name: None,
         lib_name: None,
@@ -89,17 +83,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         qbuf: 0,
     }));
     shard.clients.borrow_mut().insert(id, info.clone());
-    let mut conn = Conn {
-        shard: shard.clone(),
-        info,
-        proto: Protocol::Resp2,
-        close: false,
-    };
-    let result = run(
-        &mut conn,
-        stream.buffered_with(glommio::net::Preallocated::new(16 * 1024)),
-    )
-    .await;
+    let mut conn = Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false };
+    let result = run(&mut conn, stream.buffered_with(glommio::net::Preallocated::new(16 * 1024))).await;
     if let Err(e) = result {
         tracing::debug!(client = id, error = %e, "connection ended with an error");
     }
@@ -107,10 +92,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     g.connected_clients.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn run(
-    conn: &mut Conn,
-    mut stream: TcpStream<glommio::net::Preallocated>,
-) -> std::io::Result<()> {
+async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>) -> std::io::Result<()> {
     let shard = conn.shard.clone();
     let g = shard.global.clone();
     let mut parser = Parser::new(limits(conn));
@@ -121,7 +103,12 @@ async fn run(
         // Read, unless shutdown was requested while we were idle.
         let chunk_len = {
             let read = stream.fill_buf();
-            let stop = shard.shutdown.wait();
+            // After shutdown is requested, keep serving while input keeps arriving (a pipeline
+            // already in the socket is finished); close once the client is idle.
+            let stop = async {
+                shard.shutdown.wait().await;
+                glommio::timer::sleep(SHUTDOWN_IDLE_CLOSE).await;
+            };
             match futures_lite::future::or(async { Some(read.await) }, async {
                 stop.await;
                 None
@@ -138,17 +125,14 @@ async fn run(
             }
         };
         stream.consume(chunk_len);
-        shard
-            .stats
-            .net_input_bytes
-            .set(shard.stats.net_input_bytes.get() + chunk_len as u64);
+        shard.stats.net_input_bytes.set(shard.stats.net_input_bytes.get() + chunk_len as u64);
         let parsed = parser.parse(&mut qbuf, &mut cmds);
         if !cmds.is_empty() {
             execute_all(conn, &mut cmds, &mut out).await;
             cmds.clear();
         }
         if let Err(e) = parsed {
-            ReplyWriter::new(&mut out, conn.proto).error(&e.message());
+            ReplyWriter::new(&mut out, conn.proto).error_bytes(&e.message());
             conn.close = true;
         } else if qbuf.len() > g.client_query_buffer_limit.load(Ordering::Relaxed) {
             tracing::warn!(
@@ -165,16 +149,13 @@ async fn run(
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
-            shard
-                .stats
-                .net_output_bytes
-                .set(shard.stats.net_output_bytes.get() + out.len() as u64);
+            shard.stats.net_output_bytes.set(shard.stats.net_output_bytes.get() + out.len() as u64);
             out.clear();
         }
         if out.capacity() > 1024 * 1024 {
             out.shrink_to(16 * 1024);
         }
-        if conn.close || shard.shutdown.is_set() {
+        if conn.close {
             return Ok(());
         }
         parser.set_limits(limits(conn));
@@ -185,10 +166,7 @@ async fn run(
 }
 
 fn limits(conn: &Conn) -> Limits {
-    Limits {
-        max_bulk_bytes: conn.shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
-        ..Limits::default()
-    }
+    Limits { max_bulk_bytes: conn.shard.global.proto_max_bulk_len.load(Ordering::Relaxed), ..Limits::default() }
 }
 
 /// Executes parsed commands in rounds and appends their replies to `out` in order.
@@ -203,26 +181,18 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
             break;
         }
         let Some(spec) = cmd::lookup(&args[0]) else {
-            local_reply(&mut round, out, conn.proto, |w| {
-                w.error(&cmd::unknown_command_error(args))
-            });
+            local_reply(&mut round, out, conn.proto, |w| w.error_bytes(&cmd::unknown_command_error(args)));
             continue;
         };
-        if !spec.arity_ok(args.len())
-            || (matches!(spec.name, "mset" | "msetnx") && args.len() % 2 == 0)
-        {
-            local_reply(&mut round, out, conn.proto, |w| {
-                w.error(&cmd::arity_error(spec.name))
-            });
+        if !spec.arity_ok(args.len()) || (matches!(spec.name, "mset" | "msetnx") && args.len() % 2 == 0) {
+            local_reply(&mut round, out, conn.proto, |w| w.error(&cmd::arity_error(spec.name)));
             continue;
         }
         processed += 1;
         last_cmd = spec.name;
         match spec.route {
             Route::Local => {
-                local_reply(&mut round, out, conn.proto, |w| {
-                    crate::cmd::server::run_local(spec, args, w)
-                });
+                local_reply(&mut round, out, conn.proto, |w| crate::cmd::server::run_local(spec, args, w));
             }
             Route::Keys => {
                 let owner = owner_of(spec, args, n);
@@ -237,10 +207,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                             let mut cx = Exec {
                                 store: &mut store,
                                 now_ms: now_ms(),
-                                max_value_bytes: shard
-                                    .global
-                                    .proto_max_bulk_len
-                                    .load(Ordering::Relaxed),
+                                max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
                             };
                             cmd::execute_keyed(spec, args, &mut cx, w);
                         });
@@ -277,18 +244,12 @@ fn owner_of(spec: &CommandSpec, args: &[Bytes], n: usize) -> Option<usize> {
     }
     let mut keys = spec.key_indices(args.len());
     let first = crate::shard::shard_of(&args[keys.next()?], n);
-    keys.all(|i| crate::shard::shard_of(&args[i], n) == first)
-        .then_some(first)
+    keys.all(|i| crate::shard::shard_of(&args[i], n) == first).then_some(first)
 }
 
 /// Writes a reply produced on this shard: straight into `out` while the round has no remote
 /// replies before it, else into the round's local buffer to be merged in order.
-fn local_reply(
-    round: &mut Round,
-    out: &mut Vec<u8>,
-    proto: Protocol,
-    f: impl FnOnce(&mut ReplyWriter),
-) {
+fn local_reply(round: &mut Round, out: &mut Vec<u8>, proto: Protocol, f: impl FnOnce(&mut ReplyWriter)) {
     if !round.has_remote {
         f(&mut ReplyWriter::new(out, proto));
         return;
@@ -326,17 +287,12 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
             match &replies[src as usize] {
                 Some((b, e)) => (b, e),
                 None => {
-                    ReplyWriter::new(out, proto)
-                        .error("ERR shard unavailable (server shutting down)");
+                    ReplyWriter::new(out, proto).error("ERR shard unavailable (server shutting down)");
                     continue;
                 }
             }
         };
-        let start = if idx == 0 {
-            0
-        } else {
-            ends[idx as usize - 1] as usize
-        };
+        let start = if idx == 0 { 0 } else { ends[idx as usize - 1] as usize };
         out.extend_from_slice(&buf[start..ends[idx as usize] as usize]);
     }
     round.order.clear();

@@ -20,12 +20,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// Runs a multi-key command whose keys span shards.
-pub async fn run_multi(
-    shard: &Rc<Shard>,
-    spec: &CommandSpec,
-    args: &[Bytes],
-    out: &mut ReplyWriter<'_>,
-) {
+pub async fn run_multi(shard: &Rc<Shard>, spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter<'_>) {
     let n = shard.shards();
     let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for i in spec.key_indices(args.len()) {
@@ -50,9 +45,7 @@ pub async fn run_multi(
     let key = |i: usize| args[i].clone();
     match spec.name {
         "mget" => {
-            let ops = by_shard
-                .iter()
-                .map(|(&s, idx)| (s, PartOp::Mget(idx.iter().map(|&i| key(i)).collect())));
+            let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Mget(idx.iter().map(|&i| key(i)).collect())));
             let results = parts(shard, tx, ops.collect()).await;
             let mut values: Vec<Option<Vec<u8>>> = vec![None; args.len()];
             for ((_, idx), r) in by_shard.iter().zip(results) {
@@ -72,20 +65,14 @@ pub async fn run_multi(
         }
         "mset" | "msetnx" => {
             if spec.name == "msetnx" {
-                let ops = by_shard
-                    .iter()
-                    .map(|(&s, idx)| (s, PartOp::Exists(idx.iter().map(|&i| key(i)).collect())));
+                let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Exists(idx.iter().map(|&i| key(i)).collect())));
                 if sum(parts(shard, tx, ops.collect()).await) > 0 {
                     unlock(shard, tx, &locked);
                     return out.integer(0);
                 }
             }
-            let ops = by_shard.iter().map(|(&s, idx)| {
-                (
-                    s,
-                    PartOp::Mset(idx.iter().map(|&i| (key(i), key(i + 1))).collect()),
-                )
-            });
+            let ops =
+                by_shard.iter().map(|(&s, idx)| (s, PartOp::Mset(idx.iter().map(|&i| (key(i), key(i + 1))).collect())));
             parts(shard, tx, ops.collect()).await;
             if spec.name == "msetnx" {
                 out.integer(1)
@@ -101,9 +88,7 @@ pub async fn run_multi(
                     PartOp::Del(keys)
                 }
             };
-            let ops = by_shard
-                .iter()
-                .map(|(&s, idx)| (s, mk(idx.iter().map(|&i| key(i)).collect())));
+            let ops = by_shard.iter().map(|(&s, idx)| (s, mk(idx.iter().map(|&i| key(i)).collect())));
             out.integer(sum(parts(shard, tx, ops.collect()).await));
         }
         "rename" | "renamenx" => rename(shard, tx, args, spec.name == "renamenx", out).await,
@@ -117,15 +102,9 @@ async fn rename(shard: &Rc<Shard>, tx: u64, args: &[Bytes], nx: bool, out: &mut 
     let (src, dst) = (&args[1], &args[2]);
     let (s1, s2) = (shard_of(src, n), shard_of(dst, n));
     if nx {
-        let exists = parts(
-            shard,
-            tx,
-            vec![
-                (s1, PartOp::Exists(vec![src.clone()])),
-                (s2, PartOp::Exists(vec![dst.clone()])),
-            ],
-        )
-        .await;
+        let exists =
+            parts(shard, tx, vec![(s1, PartOp::Exists(vec![src.clone()])), (s2, PartOp::Exists(vec![dst.clone()]))])
+                .await;
         let mut it = exists.into_iter();
         if count(it.next()) == 0 {
             return out.error(err::NO_SUCH_KEY);
@@ -138,19 +117,7 @@ async fn rename(shard: &Rc<Shard>, tx: u64, args: &[Bytes], nx: bool, out: &mut 
     let Some(PartResult::Taken(Some((value, expire_at_ms)))) = taken.into_iter().next() else {
         return out.error(err::NO_SUCH_KEY);
     };
-    parts(
-        shard,
-        tx,
-        vec![(
-            s2,
-            PartOp::Put {
-                key: dst.clone(),
-                value,
-                expire_at_ms,
-            },
-        )],
-    )
-    .await;
+    parts(shard, tx, vec![(s2, PartOp::Put { key: dst.clone(), value, expire_at_ms })]).await;
     if nx {
         out.integer(1)
     } else {

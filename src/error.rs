@@ -10,15 +10,9 @@ pub enum StartError {
     #[error("cannot listen on {addr}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE; choose another port with --bind)")]
     BindPermission { addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start shard {shard}: {source} (io_uring needs locked memory: raise RLIMIT_MEMLOCK with `ulimit -l` or LimitMEMLOCK= in systemd, or lower --io-memory-bytes)")]
-    Executor {
-        shard: usize,
-        source: glommio::GlommioError<()>,
-    },
+    Executor { shard: usize, source: glommio::GlommioError<()> },
     #[error("shard {shard} stopped during startup")]
     ShardExited { shard: usize },
     #[error("invalid option: {0}")]

@@ -6,13 +6,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let config = Config::parse();
-    if config.threads > 1024 {
-        eprintln!(
-            "ringcache: --threads {} is more than the supported 1024",
-            config.threads
-        );
-        std::process::exit(2);
-    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
         eprintln!("ringcache: invalid --log-level '{}': {e}", config.log_level);
         std::process::exit(2);

@@ -56,17 +56,11 @@ fn bind_listeners(config: &Config, n: usize) -> Result<(SocketAddr, Vec<RawFd>),
     drop(probe);
     let mut fds = Vec::with_capacity(n);
     for _ in 0..n {
-        let domain = if addr.is_ipv6() {
-            socket2::Domain::IPV6
-        } else {
-            socket2::Domain::IPV4
-        };
-        let sock =
-            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-                .map_err(|e| bind_error(addr, e))?;
-        sock.set_reuse_port(true).map_err(|e| bind_error(addr, e))?;
-        sock.set_reuse_address(true)
+        let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
             .map_err(|e| bind_error(addr, e))?;
+        sock.set_reuse_port(true).map_err(|e| bind_error(addr, e))?;
+        sock.set_reuse_address(true).map_err(|e| bind_error(addr, e))?;
         sock.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
         sock.listen(1024).map_err(|e| bind_error(addr, e))?;
         fds.push(sock.into_raw_fd());
@@ -83,9 +77,7 @@ enum Event {
 pub fn run(config: Config) -> Result<(), StartError> {
     let n = config.shard_count();
     if n > 1024 {
-        return Err(StartError::Config(format!(
-            "--threads {n} is more than the supported 1024"
-        )));
+        return Err(StartError::Config(format!("--threads {n} is more than the supported 1024")));
     }
     let (addr, fds) = bind_listeners(&config, n)?;
     let global = Arc::new(Global::new(config.clone(), n, addr));
@@ -222,9 +214,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             glommio::spawn_local(async move {
                 use futures_lite::AsyncWriteExt;
                 let mut stream = stream;
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                 let _ = stream.close().await;
             })
             .detach();
@@ -258,10 +248,7 @@ async fn cron(shard: Rc<Shard>) {
         loop {
             expired.clear();
             let (seen, removed) = store.active_expire(crate::store::now_ms(), 64, &mut expired);
-            if seen == 0
-                || removed * 10 < seen
-                || start.elapsed() > Duration::from_micros(EXPIRE_BUDGET_US)
-            {
+            if seen == 0 || removed * 10 < seen || start.elapsed() > Duration::from_micros(EXPIRE_BUDGET_US) {
                 break;
             }
         }

@@ -84,10 +84,7 @@ fn race(
             write(&mut writer, writes);
             writes += 1;
         }
-        let reads = handles
-            .into_iter()
-            .map(|h| h.join().expect("reader panicked"))
-            .sum();
+        let reads = handles.into_iter().map(|h| h.join().expect("reader panicked")).sum();
         (writes, reads)
     })
 }
@@ -118,24 +115,15 @@ fn mget_never_sees_a_partial_mset() {
             |c, n| mset_all(c, &keys, &format!("a-{n}")),
             |vals| {
                 assert!(vals[0].is_some(), "MGET saw a missing key: {vals:?}");
-                assert!(
-                    vals.iter().all(|v| v == &vals[0]),
-                    "MGET saw a partial MSET: {vals:?}"
-                );
+                assert!(vals.iter().all(|v| v == &vals[0]), "MGET saw a partial MSET: {vals:?}");
             },
         );
         (w + second.join().expect("second writer panicked"), r)
     });
     eprintln!("{writes} MSETs, {reads} MGETs");
     let last = mget(&mut s.raw(), &keys);
-    assert!(
-        last.iter().all(|v| v == &last[0]),
-        "final values differ: {last:?}"
-    );
-    assert!(
-        writes >= 20 && reads >= 20,
-        "too little concurrency: {writes} writes, {reads} reads"
-    );
+    assert!(last.iter().all(|v| v == &last[0]), "final values differ: {last:?}");
+    assert!(writes >= 20 && reads >= 20, "too little concurrency: {writes} writes, {reads} reads");
 }
 
 #[test]
@@ -156,17 +144,11 @@ fn mget_never_sees_a_partial_del() {
             }
         },
         |vals| {
-            assert!(
-                vals.iter().all(|v| v == &vals[0]),
-                "MGET saw a partial MSET or DEL: {vals:?}"
-            );
+            assert!(vals.iter().all(|v| v == &vals[0]), "MGET saw a partial MSET or DEL: {vals:?}");
         },
     );
     eprintln!("{writes} MSETs/DELs, {reads} MGETs");
-    assert!(
-        writes >= 20 && reads >= 20,
-        "too little concurrency: {writes} writes, {reads} reads"
-    );
+    assert!(writes >= 20 && reads >= 20, "too little concurrency: {writes} writes, {reads} reads");
 }
 
 #[test]
@@ -200,29 +182,16 @@ fn concurrent_msetnx_on_the_same_keys_has_exactly_one_winner() {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("racer panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("racer panicked")).collect()
         });
         let winners: Vec<usize> = (0..2).filter(|&i| results[i] == Reply::Int(1)).collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {rounds}: MSETNX replies {results:?}"
-        );
+        assert_eq!(winners.len(), 1, "round {rounds}: MSETNX replies {results:?}");
         for r in &results {
-            assert!(
-                matches!(r, Reply::Int(0 | 1)),
-                "round {rounds}: MSETNX reply {r:?}"
-            );
+            assert!(matches!(r, Reply::Int(0 | 1)), "round {rounds}: MSETNX reply {r:?}");
         }
         let want = Some(format!("racer-{}", winners[0]).into_bytes());
         let vals = mget(&mut ctl, &keys);
-        assert!(
-            vals.iter().all(|v| v == &want),
-            "round {rounds}: winner {want:?}, values {vals:?}"
-        );
+        assert!(vals.iter().all(|v| v == &want), "round {rounds}: winner {want:?}, values {vals:?}");
         rounds += 1;
     }
     eprintln!("{rounds} MSETNX rounds");
@@ -288,23 +257,13 @@ fn concurrent_cross_shard_renames_never_lose_or_duplicate_a_key() {
                 }
             },
         );
-        (
-            forward_moves + back.join().expect("backward renamer panicked"),
-            reads,
-        )
+        (forward_moves + back.join().expect("backward renamer panicked"), reads)
     });
     eprintln!("{moves} successful RENAMEs, {reads} MGETs");
     let vals = mget(&mut setup, &all);
     for i in 0..pairs {
-        assert_eq!(
-            vals[2 * i].is_some() as u8 + vals[2 * i + 1].is_some() as u8,
-            1,
-            "pair {i}: {vals:?}"
-        );
+        assert_eq!(vals[2 * i].is_some() as u8 + vals[2 * i + 1].is_some() as u8, 1, "pair {i}: {vals:?}");
     }
     assert_eq!(q(&mut setup, &["DBSIZE"]), Reply::Int(pairs as i64));
-    assert!(
-        moves >= 20 && reads >= 20,
-        "too little concurrency: {moves} renames, {reads} reads"
-    );
+    assert!(moves >= 20 && reads >= 20, "too little concurrency: {moves} renames, {reads} reads");
 }

@@ -29,10 +29,7 @@ fn check(c: &mut Raw, args: &[&str], want: Reply) {
 #[track_caller]
 fn check_int_in(c: &mut Raw, args: &[&str], range: RangeInclusive<i64>) {
     match q(c, args) {
-        Reply::Int(n) => assert!(
-            range.contains(&n),
-            "reply to {args:?}: {n} not in {range:?}"
-        ),
+        Reply::Int(n) => assert!(range.contains(&n), "reply to {args:?}: {n} not in {range:?}"),
         other => panic!("reply to {args:?}: expected an integer, got {other:?}"),
     }
 }
@@ -74,9 +71,7 @@ fn invalid_expire(cmd: &str) -> Reply {
 }
 
 fn arity(cmd: &str) -> Reply {
-    err(&format!(
-        "ERR wrong number of arguments for '{cmd}' command"
-    ))
+    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
 fn set_of(items: &[&str]) -> BTreeSet<Vec<u8>> {
@@ -293,9 +288,7 @@ fn expiretime_and_pexpiretime_give_the_absolute_unix_time() {
     check(&mut c, &["PEXPIREAT", "k", "4000000000499"], int(1));
     check(&mut c, &["EXPIRETIME", "k"], int(4_000_000_000));
     // A relative expiry reads back as now + ttl.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let now = now.as_millis() as i64;
     check(&mut c, &["PEXPIRE", "k", "100000"], int(1));
     check_int_in(&mut c, &["PEXPIRETIME", "k"], now + 99_000..=now + 101_000);
@@ -384,11 +377,7 @@ fn expire_gt_only_extends_and_treats_no_ttl_as_infinite() {
     check(&mut c, &["PEXPIREAT", "k", "3999999999999", "GT"], int(0));
     check(&mut c, &["EXPIRETIME", "k"], int(4_000_000_000));
     // XX combines with GT.
-    check(
-        &mut c,
-        &["PEXPIREAT", "k", "4000000000001", "XX", "GT"],
-        int(1),
-    );
+    check(&mut c, &["PEXPIREAT", "k", "4000000000001", "XX", "GT"], int(1));
     check(&mut c, &["PEXPIRETIME", "k"], int(4_000_000_000_001));
 }
 
@@ -418,13 +407,7 @@ fn expire_with_incompatible_options_is_an_error_even_for_a_missing_key() {
     let gt_lt = err("ERR GT and LT options at the same time are not compatible");
     for cmd in ["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"] {
         for key in ["k", "nokey"] {
-            for pair in [
-                ["NX", "XX"],
-                ["XX", "NX"],
-                ["NX", "GT"],
-                ["LT", "NX"],
-                ["nx", "lt"],
-            ] {
+            for pair in [["NX", "XX"], ["XX", "NX"], ["NX", "GT"], ["LT", "NX"], ["nx", "lt"]] {
                 check(&mut c, &[cmd, key, "5", pair[0], pair[1]], nx_err.clone());
             }
             check(&mut c, &[cmd, key, "5", "GT", "LT"], gt_lt.clone());
@@ -439,27 +422,11 @@ fn expire_with_an_unknown_option_echoes_it() {
     let s = Server::start();
     let mut c = s.raw();
     check(&mut c, &["SET", "k", "v"], ok());
-    check(
-        &mut c,
-        &["EXPIRE", "k", "10", "foo"],
-        err("ERR Unsupported option foo"),
-    );
-    check(
-        &mut c,
-        &["PEXPIRE", "k", "10", "FOO"],
-        err("ERR Unsupported option FOO"),
-    );
-    check(
-        &mut c,
-        &["EXPIRE", "k", "10", "NX", "bar"],
-        err("ERR Unsupported option bar"),
-    );
+    check(&mut c, &["EXPIRE", "k", "10", "foo"], err("ERR Unsupported option foo"));
+    check(&mut c, &["PEXPIRE", "k", "10", "FOO"], err("ERR Unsupported option FOO"));
+    check(&mut c, &["EXPIRE", "k", "10", "NX", "bar"], err("ERR Unsupported option bar"));
     // Options are parsed before the time, so these report the option, not the number.
-    check(
-        &mut c,
-        &["EXPIRE", "k", "abc", "foo"],
-        err("ERR Unsupported option foo"),
-    );
+    check(&mut c, &["EXPIRE", "k", "abc", "foo"], err("ERR Unsupported option foo"));
     check(
         &mut c,
         &["EXPIREAT", "k", "abc", "NX", "XX"],
@@ -482,26 +449,10 @@ fn expire_with_a_non_integer_or_overflowing_time_is_rejected() {
         }
     }
     // Times that overflow once converted to absolute milliseconds.
-    check(
-        &mut c,
-        &["EXPIRE", "k", "9223372036854775807"],
-        invalid_expire("expire"),
-    );
-    check(
-        &mut c,
-        &["EXPIRE", "k", "-9223372036854775808"],
-        invalid_expire("expire"),
-    );
-    check(
-        &mut c,
-        &["PEXPIRE", "k", "9223372036854775807"],
-        invalid_expire("pexpire"),
-    );
-    check(
-        &mut c,
-        &["EXPIREAT", "k", "9223372036854775807"],
-        invalid_expire("expireat"),
-    );
+    check(&mut c, &["EXPIRE", "k", "9223372036854775807"], invalid_expire("expire"));
+    check(&mut c, &["EXPIRE", "k", "-9223372036854775808"], invalid_expire("expire"));
+    check(&mut c, &["PEXPIRE", "k", "9223372036854775807"], invalid_expire("pexpire"));
+    check(&mut c, &["EXPIREAT", "k", "9223372036854775807"], invalid_expire("expireat"));
     check(&mut c, &["TTL", "k"], int(-1));
     // The largest absolute millisecond time itself is accepted.
     check(&mut c, &["PEXPIREAT", "k", "9223372036854775807"], int(1));
@@ -629,11 +580,7 @@ fn expired_keys_behave_as_missing(s: &Server) {
     check(&mut c, &["TTL", k], int(-1));
     let k = next();
     check(&mut c, &["MSETNX", k, "x", "fresh", "y"], int(1));
-    check(
-        &mut c,
-        &["MGET", k, "fresh"],
-        Reply::Array(Some(vec![bulk("x"), bulk("y")])),
-    );
+    check(&mut c, &["MGET", k, "fresh"], Reply::Array(Some(vec![bulk("x"), bulk("y")])));
     check(&mut c, &["SET", next(), "x", "NX", "GET"], nil());
 }
 
@@ -666,10 +613,7 @@ fn keys_matches_glob_patterns() {
     let s = Server::start();
     let mut c = s.raw();
     check(&mut c, &["KEYS", "*"], Reply::Array(Some(vec![])));
-    let all = [
-        "hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo", "h?llo", "hbllo", "h[a]llo",
-        "h\\llo", "H",
-    ];
+    let all = ["hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo", "h?llo", "hbllo", "h[a]llo", "h\\llo", "H"];
     let mut mset = vec!["MSET"];
     for k in all {
         mset.push(k);
@@ -678,24 +622,10 @@ fn keys_matches_glob_patterns() {
     check(&mut c, &mset, ok());
     let cases: &[(&str, &[&str])] = &[
         ("*", &all),
-        (
-            "h?llo",
-            &[
-                "hello", "hallo", "hxllo", "hbllo", "h*llo", "h?llo", "h\\llo",
-            ],
-        ),
-        (
-            "h*llo",
-            &[
-                "hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo", "h?llo", "hbllo",
-                "h[a]llo", "h\\llo",
-            ],
-        ),
+        ("h?llo", &["hello", "hallo", "hxllo", "hbllo", "h*llo", "h?llo", "h\\llo"]),
+        ("h*llo", &["hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo", "h?llo", "hbllo", "h[a]llo", "h\\llo"]),
         ("h[ae]llo", &["hello", "hallo"]),
-        (
-            "h[^e]llo",
-            &["hallo", "hxllo", "hbllo", "h*llo", "h?llo", "h\\llo"],
-        ),
+        ("h[^e]llo", &["hallo", "hxllo", "hbllo", "h*llo", "h?llo", "h\\llo"]),
         ("h[a-c]llo", &["hallo", "hbllo"]),
         // A reversed range matches the same as the forward one.
         ("h[c-a]llo", &["hallo", "hbllo"]),
@@ -722,11 +652,7 @@ fn keys_matches_glob_patterns() {
 fn keys_are_case_sensitive_and_binary_safe() {
     let s = Server::start();
     let mut c = s.raw();
-    check(
-        &mut c,
-        &["MSET", "Key", "1", "key", "2", "a\r\nb", "3"],
-        ok(),
-    );
+    check(&mut c, &["MSET", "Key", "1", "key", "2", "a\r\nb", "3"], ok());
     assert_eq!(keys(&mut c, "k*"), set_of(&["key"]));
     assert_eq!(keys(&mut c, "K*"), set_of(&["Key"]));
     assert_eq!(keys(&mut c, "a?\nb"), set_of(&["a\r\nb"]));
@@ -740,11 +666,7 @@ fn keys_are_case_sensitive_and_binary_safe() {
 fn scan_of_an_empty_database_ends_at_once() {
     let s = Server::start();
     let mut c = s.raw();
-    check(
-        &mut c,
-        &["SCAN", "0"],
-        Reply::Array(Some(vec![bulk("0"), Reply::Array(Some(vec![]))])),
-    );
+    check(&mut c, &["SCAN", "0"], Reply::Array(Some(vec![bulk("0"), Reply::Array(Some(vec![]))])));
 }
 
 #[test]
@@ -770,14 +692,9 @@ fn scan_rejects_invalid_cursors_and_options() {
     for cursor in ["abc", "1.5", " 0", "18446744073709551616"] {
         check(&mut c, &["SCAN", cursor], invalid_cursor.clone());
     }
-    for opts in [
-        &["COUNT", "0"][..],
-        &["COUNT", "-1"],
-        &["COUNT"],
-        &["MATCH"],
-        &["FOO", "bar"],
-        &["MATCH", "*", "COUNT"],
-    ] {
+    for opts in
+        [&["COUNT", "0"][..], &["COUNT", "-1"], &["COUNT"], &["MATCH"], &["FOO", "bar"], &["MATCH", "*", "COUNT"]]
+    {
         let mut args = vec!["SCAN", "0"];
         args.extend_from_slice(opts);
         check(&mut c, &args, syntax());
@@ -793,17 +710,9 @@ fn full_scan_returns_every_key_at_least_once(s: &Server) {
     for extra in [&[][..], &["COUNT", "1000"], &["COUNT", "7"]] {
         let got = scan_all(&mut c, extra);
         let set: BTreeSet<_> = got.iter().cloned().collect();
-        assert!(
-            set == want,
-            "SCAN {extra:?}: {} distinct keys, want 5000",
-            set.len()
-        );
+        assert!(set == want, "SCAN {extra:?}: {} distinct keys, want 5000", set.len());
         // Duplicates are allowed by the SCAN contract, but not an unbounded number of them.
-        assert!(
-            got.len() < 2 * want.len(),
-            "SCAN {extra:?} returned {} keys",
-            got.len()
-        );
+        assert!(got.len() < 2 * want.len(), "SCAN {extra:?} returned {} keys", got.len());
     }
 }
 
@@ -821,27 +730,14 @@ fn scan_with_match_returns_exactly_the_matching_keys(s: &Server) {
     let mut c = s.raw();
     fill(&mut c, "user", 200);
     fill(&mut c, "other", 200);
-    let want: BTreeSet<Vec<u8>> = std::iter::once(1)
-        .chain(10..20)
-        .chain(100..200)
-        .map(|i| format!("user:{i}").into_bytes())
-        .collect();
-    for extra in [
-        &["MATCH", "user:1*"][..],
-        &["MATCH", "user:1*", "COUNT", "50"],
-        &["COUNT", "3", "MATCH", "user:1*"],
-    ] {
+    let want: BTreeSet<Vec<u8>> =
+        std::iter::once(1).chain(10..20).chain(100..200).map(|i| format!("user:{i}").into_bytes()).collect();
+    for extra in [&["MATCH", "user:1*"][..], &["MATCH", "user:1*", "COUNT", "50"], &["COUNT", "3", "MATCH", "user:1*"]]
+    {
         let got: BTreeSet<_> = scan_all(&mut c, extra).into_iter().collect();
-        assert!(
-            got == want,
-            "SCAN {extra:?}: {} keys, want {}",
-            got.len(),
-            want.len()
-        );
+        assert!(got == want, "SCAN {extra:?}: {} keys, want {}", got.len(), want.len());
     }
-    let got: BTreeSet<_> = scan_all(&mut c, &["MATCH", "user:1[0-2]"])
-        .into_iter()
-        .collect();
+    let got: BTreeSet<_> = scan_all(&mut c, &["MATCH", "user:1[0-2]"]).into_iter().collect();
     assert_eq!(got, set_of(&["user:10", "user:11", "user:12"]));
     assert!(scan_all(&mut c, &["MATCH", "nomatch*"]).is_empty());
 }
@@ -903,11 +799,7 @@ fn keyspace_commands_see_every_shard(s: &Server) {
             other => panic!("RANDOMKEY: {other:?}"),
         }
     }
-    assert!(
-        seen.len() >= 10,
-        "RANDOMKEY returned only {} distinct keys out of 100",
-        seen.len()
-    );
+    assert!(seen.len() >= 10, "RANDOMKEY returned only {} distinct keys out of 100", seen.len());
 }
 
 #[test]
@@ -1010,20 +902,12 @@ fn rename_between_many_key_pairs(s: &Server) {
     for i in 0..n {
         let v = format!("v{i}");
         if i % 2 == 0 {
-            check(
-                &mut c,
-                &["SET", &format!("src:{i}"), &v, "EX", "1000"],
-                ok(),
-            );
+            check(&mut c, &["SET", &format!("src:{i}"), &v, "EX", "1000"], ok());
         } else {
             check(&mut c, &["SET", &format!("src:{i}"), &v], ok());
         }
         if i % 3 == 0 {
-            check(
-                &mut c,
-                &["SET", &format!("dst:{i}"), "old", "EX", "100"],
-                ok(),
-            );
+            check(&mut c, &["SET", &format!("dst:{i}"), "old", "EX", "100"], ok());
         }
     }
     for i in 0..n {
@@ -1055,11 +939,7 @@ fn rename_between_many_key_pairs(s: &Server) {
     // Renaming a chain of keys around and back ends where it started.
     check(&mut c, &["SET", "ring:0", "token"], ok());
     for i in 0..20 {
-        check(
-            &mut c,
-            &["RENAME", &format!("ring:{i}"), &format!("ring:{}", i + 1)],
-            ok(),
-        );
+        check(&mut c, &["RENAME", &format!("ring:{i}"), &format!("ring:{}", i + 1)], ok());
     }
     check(&mut c, &["GET", "ring:20"], bulk("token"));
     assert_eq!(keys(&mut c, "ring:*"), set_of(&["ring:20"]));

@@ -42,25 +42,11 @@ fn run_binary(args: &[&str], timeout: Duration) -> Output {
 /// A startup failure: non-zero exit, a message on stderr, and no panic or backtrace.
 fn assert_clean_failure(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected failure, got {:?}; stderr: {stderr}",
-        out.status
-    );
-    assert!(
-        out.status.code().is_some(),
-        "killed by a signal: {:?}; stderr: {stderr}",
-        out.status
-    );
+    assert!(!out.status.success(), "expected failure, got {:?}; stderr: {stderr}", out.status);
+    assert!(out.status.code().is_some(), "killed by a signal: {:?}; stderr: {stderr}", out.status);
     assert!(!stderr.trim().is_empty(), "no message on stderr");
-    assert!(
-        !stderr.contains("panicked"),
-        "startup failure must not be a panic: {stderr}"
-    );
-    assert!(
-        !stderr.contains("RUST_BACKTRACE"),
-        "startup failure must not be a panic: {stderr}"
-    );
+    assert!(!stderr.contains("panicked"), "startup failure must not be a panic: {stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "startup failure must not be a panic: {stderr}");
     stderr
 }
 
@@ -80,10 +66,7 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!(
-                "waiting for the server to close: {e}; got {} bytes",
-                out.len()
-            ),
+            Err(e) => panic!("waiting for the server to close: {e}; got {} bytes", out.len()),
         }
     }
 }
@@ -140,12 +123,7 @@ fn signal_during_pipeline_finishes_it(signal: i32, threads: usize) {
     let rest = read_to_close(&mut s);
     assert_eq!(rest.len(), expected.len() - 5, "replies after the signal");
     assert!(rest == expected[5..], "all remaining replies must be +OK");
-    assert_eq!(
-        server.wait_exit(EXIT_TIMEOUT),
-        Some(0),
-        "exit code; log:\n{}",
-        server.log_text()
-    );
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT), Some(0), "exit code; log:\n{}", server.log_text());
     // The idle client is disconnected too, and nobody can connect any more.
     assert_eq!(read_to_close(&mut idle), b"");
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
@@ -187,18 +165,11 @@ fn sigterm_with_only_idle_clients_exits_promptly() {
     let mut server = Server::start_sharded();
     // Idle connections, one of them with half a command sent, must not hold the shutdown.
     let mut idle: Vec<TcpStream> = (0..5).map(|_| connect(server.addr)).collect();
-    idle[0]
-        .write_all(b"*2\r\n$4\r\nECHO\r\n$10\r\nabc")
-        .unwrap();
+    idle[0].write_all(b"*2\r\n$4\r\nECHO\r\n$10\r\nabc").unwrap();
     thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
     server.signal(SIGTERM);
-    assert_eq!(
-        server.wait_exit(EXIT_TIMEOUT),
-        Some(0),
-        "log:\n{}",
-        server.log_text()
-    );
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT), Some(0), "log:\n{}", server.log_text());
     assert!(start.elapsed() < EXIT_TIMEOUT);
     for s in &mut idle {
         assert_eq!(read_to_close(s), b"");
@@ -221,12 +192,7 @@ fn shutdown_command_closes_the_connection_and_exits_zero() {
     s.write_all(&resp(&[b"SHUTDOWN"])).unwrap();
     // Redis sends no reply to a successful SHUTDOWN: the client just sees the connection close.
     assert_eq!(read_to_close(&mut s), b"", "SHUTDOWN must not reply");
-    assert_eq!(
-        server.wait_exit(EXIT_TIMEOUT),
-        Some(0),
-        "log:\n{}",
-        server.log_text()
-    );
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT), Some(0), "log:\n{}", server.log_text());
     assert_eq!(read_to_close(&mut other), b"");
     assert!(TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_err());
 }
@@ -242,16 +208,10 @@ fn port_already_in_use_fails_with_a_clear_message() {
     }
     let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = blocker.local_addr().unwrap().to_string();
-    let out = run_binary(
-        &["--bind", &addr, "--threads", "2"],
-        Duration::from_secs(10),
-    );
+    let out = run_binary(&["--bind", &addr, "--threads", "2"], Duration::from_secs(10));
     let stderr = assert_clean_failure(&out);
     assert!(stderr.contains("already in use"), "stderr: {stderr}");
-    assert!(
-        stderr.contains(&addr),
-        "stderr should name {addr}: {stderr}"
-    );
+    assert!(stderr.contains(&addr), "stderr should name {addr}: {stderr}");
     assert!(!stderr.contains("listening on"), "stderr: {stderr}");
 }
 
@@ -264,16 +224,10 @@ fn second_instance_on_the_same_port_fails_instead_of_sharing_it() {
     // join the first one's port (Redis refuses too): clients would hit two different caches.
     let first = Server::start_sharded();
     let addr = first.addr.to_string();
-    let out = run_binary(
-        &["--bind", &addr, "--threads", "2"],
-        Duration::from_secs(10),
-    );
+    let out = run_binary(&["--bind", &addr, "--threads", "2"], Duration::from_secs(10));
     let stderr = assert_clean_failure(&out);
     assert!(stderr.contains("already in use"), "stderr: {stderr}");
-    assert!(
-        stderr.contains(&addr),
-        "stderr should name {addr}: {stderr}"
-    );
+    assert!(stderr.contains(&addr), "stderr should name {addr}: {stderr}");
     let mut c = first.raw();
     assert_eq!(c.cmd(&resp(&[b"PING"])), Reply::Simple("PONG".into()));
 }
@@ -284,15 +238,9 @@ fn zero_threads_is_rejected() {
         return;
     }
     // A server that accepts 0 keeps running and is killed after the timeout: keep it short.
-    let out = run_binary(
-        &["--bind", "127.0.0.1:0", "--threads", "0"],
-        Duration::from_secs(3),
-    );
+    let out = run_binary(&["--bind", "127.0.0.1:0", "--threads", "0"], Duration::from_secs(3));
     let stderr = assert_clean_failure(&out);
-    assert!(
-        stderr.contains("threads"),
-        "the message should name the option: {stderr}"
-    );
+    assert!(stderr.contains("threads"), "the message should name the option: {stderr}");
 }
 
 #[test]
@@ -320,19 +268,10 @@ fn unknown_option_exits_with_usage_error_code_2() {
     }
     let out = run_binary(&["--no-such-option"], Duration::from_secs(10));
     let stderr = assert_clean_failure(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "clap's usage error code; stderr: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(2), "clap's usage error code; stderr: {stderr}");
     assert!(stderr.contains("--no-such-option"), "{stderr}");
     let out = run_binary(&["stray-positional-argument"], Duration::from_secs(10));
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -342,11 +281,7 @@ fn help_lists_every_option_with_its_default() {
     }
     let out = run_binary(&["--help"], Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(0));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     for option in [
         "--bind",
         "--threads",
@@ -356,16 +291,10 @@ fn help_lists_every_option_with_its_default() {
         "--client-query-buffer-limit",
         "--help",
     ] {
-        assert!(
-            text.contains(option),
-            "--help does not mention {option}:\n{text}"
-        );
+        assert!(text.contains(option), "--help does not mention {option}:\n{text}");
     }
     for default in ["127.0.0.1:6379", "10000", "536870912", "1073741824"] {
-        assert!(
-            text.contains(default),
-            "--help does not show the default {default}:\n{text}"
-        );
+        assert!(text.contains(default), "--help does not show the default {default}:\n{text}");
     }
 }
 
@@ -397,10 +326,7 @@ fn maxclients_rejects_the_extra_connection(threads: usize) {
     // The 6th gets the error as soon as it connects (before sending anything), then EOF.
     let mut extra = connect(server.addr);
     let got = read_to_close(&mut extra);
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        "-ERR max number of clients reached\r\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&got), "-ERR max number of clients reached\r\n");
 
     // The 5 accepted clients are unaffected.
     for s in &mut clients {
@@ -426,10 +352,7 @@ fn maxclients_rejects_the_extra_connection(threads: usize) {
             "unexpected reply while waiting for a free slot: {:?}",
             String::from_utf8_lossy(&buf[..n])
         );
-        assert!(
-            Instant::now() < deadline,
-            "slot never freed after a client disconnected"
-        );
+        assert!(Instant::now() < deadline, "slot never freed after a client disconnected");
         thread::sleep(Duration::from_millis(50));
     }
 }

@@ -48,9 +48,7 @@ impl Wire {
             Ok(0) => ReadOutcome::Closed,
             Ok(n) => ReadOutcome::Data(n),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => ReadOutcome::Closed,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                ReadOutcome::TimedOut
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => ReadOutcome::TimedOut,
             Err(e) => panic!("read: {e}"),
         }
     }
@@ -80,10 +78,7 @@ impl Wire {
         let mut buf = [0u8; 4096];
         match self.read_some(&mut buf) {
             ReadOutcome::Closed => {}
-            ReadOutcome::Data(n) => panic!(
-                "expected close, got more bytes: {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
+            ReadOutcome::Data(n) => panic!("expected close, got more bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
             ReadOutcome::TimedOut => panic!("expected the server to close the connection"),
         }
     }
@@ -94,15 +89,10 @@ impl Wire {
         let mut buf = [0u8; 4096];
         match self.read_some(&mut buf) {
             ReadOutcome::TimedOut => {}
-            ReadOutcome::Data(n) => panic!(
-                "expected no reply yet, got {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
+            ReadOutcome::Data(n) => panic!("expected no reply yet, got {:?}", String::from_utf8_lossy(&buf[..n])),
             ReadOutcome::Closed => panic!("expected the connection to stay open"),
         }
-        self.s
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        self.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
 
     /// Reads everything until the server closes (or `timeout` passes); returns the bytes and
@@ -111,9 +101,7 @@ impl Wire {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let mut buf = [0u8; 65536];
-        self.s
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        self.s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         while Instant::now() < deadline {
             match self.read_some(&mut buf) {
                 ReadOutcome::Data(n) => out.extend_from_slice(&buf[..n]),
@@ -134,14 +122,8 @@ fn assert_serves_others(server: &Server) {
     let val = format!("value-{n}");
     let mut c = server.raw();
     assert_eq!(c.cmd(&resp(&[b"PING"])), Reply::Simple("PONG".into()));
-    assert_eq!(
-        c.cmd(&resp(&[b"SET", key.as_bytes(), val.as_bytes()])),
-        Reply::Simple("OK".into())
-    );
-    assert_eq!(
-        c.cmd(&resp(&[b"GET", key.as_bytes()])),
-        Reply::Bulk(Some(val.into_bytes()))
-    );
+    assert_eq!(c.cmd(&resp(&[b"SET", key.as_bytes(), val.as_bytes()])), Reply::Simple("OK".into()));
+    assert_eq!(c.cmd(&resp(&[b"GET", key.as_bytes()])), Reply::Bulk(Some(val.into_bytes())));
 }
 
 /// Sends `bytes` on a new connection, expects exactly one `-ERR Protocol error: <msg>` and then
@@ -248,10 +230,7 @@ fn inline_commands_are_parsed_with_redis_quoting_rules() {
     assert_eq!(c.cmd(b"GET a\r\n"), bulk(b"A\n"));
     assert_eq!(c.cmd(b"ECHO \"\\x4a\\x4A\\xff\"\r\n"), bulk(b"JJ\xff"));
     assert_eq!(c.cmd(b"ECHO \"a\\tb\\\\c\\\"d\"\r\n"), bulk(b"a\tb\\c\"d"));
-    assert_eq!(
-        c.cmd(b"ECHO \"\\a\\b\\r\\n\\t\\z\"\r\n"),
-        bulk(b"\x07\x08\r\n\tz")
-    );
+    assert_eq!(c.cmd(b"ECHO \"\\a\\b\\r\\n\\t\\z\"\r\n"), bulk(b"\x07\x08\r\n\tz"));
     // Surprising but true in Redis: an invalid hex escape is not an error, `\x` becomes `x`.
     assert_eq!(c.cmd(b"ECHO \"\\xzz\"\r\n"), bulk(b"xzz"));
     assert_eq!(c.cmd(b"ECHO \"\"\r\n"), bulk(b""));
@@ -264,16 +243,10 @@ fn inline_commands_are_parsed_with_redis_quoting_rules() {
 
     // A lone CR inside an inline line is whitespace (Redis splits on isspace), so this is ECHO with
     // two arguments.
-    assert_eq!(
-        c.cmd(b"ECHO a\rb\r\n"),
-        Reply::Error("ERR wrong number of arguments for 'echo' command".into())
-    );
+    assert_eq!(c.cmd(b"ECHO a\rb\r\n"), Reply::Error("ERR wrong number of arguments for 'echo' command".into()));
 
     // Something that looks like a bulk header outside a multibulk is just an inline word.
-    assert_eq!(
-        c.cmd(b"$4\r\n"),
-        Reply::Error("ERR unknown command '$4', with args beginning with: ".into())
-    );
+    assert_eq!(c.cmd(b"$4\r\n"), Reply::Error("ERR unknown command '$4', with args beginning with: ".into()));
     assert_eq!(
         c.cmd(b"foo a b\r\n"),
         Reply::Error("ERR unknown command 'foo', with args beginning with: 'a' 'b' ".into())
@@ -347,23 +320,10 @@ fn pipeline_of_10000_mixed_commands_across_shards_gets_replies_in_order() {
     run_pipeline(&server, wire, &expected);
     // The state is visible from a new connection (which may be served by another shard):
     // command 9997 was the last INCR (i % 5 == 2) and hit counter 9997 % 17.
-    let last = expected
-        .iter()
-        .rev()
-        .find_map(|r| {
-            if let Reply::Int(n) = r {
-                Some(*n)
-            } else {
-                None
-            }
-        })
-        .unwrap();
+    let last = expected.iter().rev().find_map(|r| if let Reply::Int(n) = r { Some(*n) } else { None }).unwrap();
     let mut c = server.raw();
     let key = format!("pipe4:c{}", 9997 % 17);
-    assert_eq!(
-        c.cmd(&resp(&[b"GET", key.as_bytes()])),
-        bulk(last.to_string().as_bytes())
-    );
+    assert_eq!(c.cmd(&resp(&[b"GET", key.as_bytes()])), bulk(last.to_string().as_bytes()));
 }
 
 #[test]
@@ -420,10 +380,7 @@ fn every_command_split_at_every_byte_offset_gets_the_right_reply() {
         (resp(&[b"SET", b"split:key", b"hello world"]), Some(ok())),
         (resp(&[b"GET", b"split:key"]), Some(bulk(b"hello world"))),
         (resp(&[b"INCR", b"split:ctr"]), None),
-        (
-            resp(&[b"ECHO", b"a\r\nb\x00c$1\r\n*2"]),
-            Some(bulk(b"a\r\nb\x00c$1\r\n*2")),
-        ),
+        (resp(&[b"ECHO", b"a\r\nb\x00c$1\r\n*2"]), Some(bulk(b"a\r\nb\x00c$1\r\n*2"))),
         (resp(&[b"SET", b"split:empty", b""]), Some(ok())),
         (resp(&[b"GET", b"split:empty"]), Some(bulk(b""))),
         (b"SET split:inline \"x y\"\r\n".to_vec(), Some(ok())),
@@ -443,12 +400,7 @@ fn every_command_split_at_every_byte_offset_gets_the_right_reply() {
                     Reply::Int(incr)
                 }
             };
-            assert_eq!(
-                c.read(),
-                want,
-                "command {:?} split at {cut}",
-                String::from_utf8_lossy(bytes)
-            );
+            assert_eq!(c.read(), want, "command {:?} split at {cut}", String::from_utf8_lossy(bytes));
         }
     }
     assert_serves_others(&server);
@@ -484,11 +436,7 @@ fn pipeline_sent_one_byte_at_a_time_gets_all_replies() {
 fn huge_declared_bulk_length_is_rejected() {
     let server = Server::start();
     assert_protocol_error(&server, b"*1\r\n$2147483648\r\n", "invalid bulk length");
-    assert_protocol_error(
-        &server,
-        b"*1\r\n$99999999999999999999\r\n",
-        "invalid bulk length",
-    );
+    assert_protocol_error(&server, b"*1\r\n$99999999999999999999\r\n", "invalid bulk length");
     // The default proto-max-bulk-len is 536870912 (512 MiB): one more is rejected at once...
     assert_protocol_error(&server, b"*1\r\n$536870913\r\n", "invalid bulk length");
     // ...while exactly the limit is accepted and the server waits for the data.
@@ -503,11 +451,7 @@ fn negative_or_malformed_bulk_length_is_rejected() {
     let server = Server::start();
     assert_protocol_error(&server, b"*1\r\n$-1\r\n", "invalid bulk length");
     assert_protocol_error(&server, b"*1\r\n$-5\r\n", "invalid bulk length");
-    assert_protocol_error(
-        &server,
-        b"*2\r\n$4\r\nECHO\r\n$-1\r\n",
-        "invalid bulk length",
-    );
+    assert_protocol_error(&server, b"*2\r\n$4\r\nECHO\r\n$-1\r\n", "invalid bulk length");
     assert_protocol_error(&server, b"*1\r\n$x\r\n", "invalid bulk length");
     assert_protocol_error(&server, b"*1\r\n$\r\n", "invalid bulk length");
     assert_protocol_error(&server, b"*1\r\n$+4\r\nPING\r\n", "invalid bulk length");
@@ -542,15 +486,7 @@ fn negative_and_zero_multibulk_counts_are_ignored() {
 #[test]
 fn invalid_multibulk_length_is_rejected() {
     let server = Server::start();
-    for case in [
-        &b"*abc\r\n"[..],
-        b"*\r\n",
-        b"*2147483648\r\n",
-        b"*1 \r\n",
-        b"*+1\r\n",
-        b"*01\r\n",
-        b"*1x\r\n",
-    ] {
+    for case in [&b"*abc\r\n"[..], b"*\r\n", b"*2147483648\r\n", b"*1 \r\n", b"*+1\r\n", b"*01\r\n", b"*1x\r\n"] {
         assert_protocol_error(&server, case, "invalid multibulk length");
     }
 }
@@ -559,11 +495,7 @@ fn invalid_multibulk_length_is_rejected() {
 fn missing_dollar_in_multibulk_is_rejected() {
     let server = Server::start();
     assert_protocol_error(&server, b"*1\r\nx\r\n", "expected '$', got 'x'");
-    assert_protocol_error(
-        &server,
-        b"*2\r\n$4\r\nECHO\r\nx3\r\n",
-        "expected '$', got 'x'",
-    );
+    assert_protocol_error(&server, b"*2\r\n$4\r\nECHO\r\nx3\r\n", "expected '$', got 'x'");
     assert_protocol_error(&server, b"*1\r\n*4\r\nping\r\n", "expected '$', got '*'");
     assert_protocol_error(&server, b"*1\r\n:4\r\n", "expected '$', got ':'");
     // The offending byte is echoed as is, even when it is not UTF-8.
@@ -579,11 +511,11 @@ fn over_long_length_lines_are_rejected() {
     let server = Server::start();
     // More than 64 KiB (65536 bytes) buffered without a newline while reading a count line.
     let mut mbulk = b"*".to_vec();
-    mbulk.extend(std::iter::repeat(b'1').take(65536));
+    mbulk.extend(std::iter::repeat_n(b'1', 65536));
     assert_protocol_error(&server, &mbulk, "too big mbulk count string");
 
     let mut bulk_line = b"*1\r\n$".to_vec();
-    bulk_line.extend(std::iter::repeat(b'1').take(65536));
+    bulk_line.extend(std::iter::repeat_n(b'1', 65536));
     assert_protocol_error(&server, &bulk_line, "too big bulk count string");
 }
 
@@ -602,10 +534,7 @@ fn inline_request_of_exactly_64k_is_still_accepted() {
     w.expect_silent(Duration::from_millis(300));
     w.send(b"\r\n");
     // The unknown command name is cut to 128 bytes in the error.
-    let want = format!(
-        "-ERR unknown command '{}', with args beginning with: \r\n",
-        "A".repeat(128)
-    );
+    let want = format!("-ERR unknown command '{}', with args beginning with: \r\n", "A".repeat(128));
     w.expect(want.as_bytes());
     w.send(b"PING\r\n");
     w.expect(b"+PONG\r\n");
@@ -626,20 +555,14 @@ fn declared_but_unsent_large_bulk_leaves_the_server_responsive() {
         w.expect_silent(Duration::from_millis(100));
     }
     let mut c = server.raw();
-    assert_eq!(
-        c.cmd(&resp(&[b"EXISTS", b"big:0", b"big:1", b"big:2", b"big:3"])),
-        Reply::Int(0)
-    );
+    assert_eq!(c.cmd(&resp(&[b"EXISTS", b"big:0", b"big:1", b"big:2", b"big:3"])), Reply::Int(0));
     drop(waiting);
     assert_serves_others(&server);
 }
 
 fn proc_status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in status"));
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -666,14 +589,8 @@ fn declared_but_unsent_bulks_do_not_reserve_memory() {
     assert_serves_others(&server);
     let rss1 = proc_status_kb(pid, "VmRSS:");
     let vsz1 = proc_status_kb(pid, "VmSize:");
-    assert!(
-        rss1 < rss0 + 64 * 1024,
-        "RSS grew from {rss0} kB to {rss1} kB"
-    );
-    assert!(
-        vsz1 < vsz0 + 1024 * 1024,
-        "address space grew from {vsz0} kB to {vsz1} kB"
-    );
+    assert!(rss1 < rss0 + 64 * 1024, "RSS grew from {rss0} kB to {rss1} kB");
+    assert!(vsz1 < vsz0 + 1024 * 1024, "address space grew from {vsz0} kB to {vsz1} kB");
     for w in &mut waiting {
         w.expect_silent(Duration::from_millis(50));
     }
@@ -691,17 +608,9 @@ fn bulk_length_over_proto_max_bulk_len_is_rejected() {
     assert_eq!(c.cmd(&resp(&[b"SET", b"pm", &at_limit])), ok());
     assert_eq!(c.cmd(&resp(&[b"GET", b"pm"])), bulk(&at_limit));
 
-    assert_protocol_error(
-        &server,
-        b"*2\r\n$4\r\nECHO\r\n$1025\r\n",
-        "invalid bulk length",
-    );
+    assert_protocol_error(&server, b"*2\r\n$4\r\nECHO\r\n$1025\r\n", "invalid bulk length");
     // Rejected as soon as the header is read (send only the header so no unread bytes are left).
-    assert_protocol_error(
-        &server,
-        b"*3\r\n$3\r\nSET\r\n$2\r\npm\r\n$1025\r\n",
-        "invalid bulk length",
-    );
+    assert_protocol_error(&server, b"*3\r\n$3\r\nSET\r\n$2\r\npm\r\n$1025\r\n", "invalid bulk length");
     assert_eq!(c.cmd(&resp(&[b"GET", b"pm"])), bulk(&at_limit));
 }
 
@@ -727,11 +636,7 @@ fn client_over_query_buffer_limit_is_disconnected_and_others_keep_working() {
     t.join().unwrap();
     assert!(closed, "offending client must be disconnected");
     // Redis closes silently here (it only logs); whatever is sent, it must not be a success.
-    assert!(
-        !bytes.starts_with(b"+OK"),
-        "got {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
+    assert!(!bytes.starts_with(b"+OK"), "got {:?}", String::from_utf8_lossy(&bytes));
 
     assert_eq!(good.cmd(&resp(&[b"GET", b"qb:big"])), Reply::Bulk(None));
     assert_eq!(good.cmd(&resp(&[b"GET", b"qb:small"])), bulk(&small));
@@ -806,26 +711,15 @@ fn two_hundred_concurrent_clients_read_back_their_own_writes() {
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-                    let mut con = client
-                        .get_connection_with_timeout(Duration::from_secs(20))
-                        .expect("connect");
+                    let mut con = client.get_connection_with_timeout(Duration::from_secs(20)).expect("connect");
                     for i in 0..150 {
                         let key = format!("c{t}:k{}", i % 50);
                         let val = format!("t{t}-i{i}-{}", "v".repeat(i % 40));
-                        let _: () = redis::cmd("SET")
-                            .arg(&key)
-                            .arg(&val)
-                            .query(&mut con)
-                            .expect("SET");
-                        let got: Option<String> =
-                            redis::cmd("GET").arg(&key).query(&mut con).expect("GET");
+                        let _: () = redis::cmd("SET").arg(&key).arg(&val).query(&mut con).expect("SET");
+                        let got: Option<String> = redis::cmd("GET").arg(&key).query(&mut con).expect("GET");
                         assert_eq!(got.as_deref(), Some(val.as_str()), "client {t} key {key}");
                     }
-                    let n: i64 = redis::cmd("INCRBY")
-                        .arg(format!("c{t}:n"))
-                        .arg(t)
-                        .query(&mut con)
-                        .unwrap();
+                    let n: i64 = redis::cmd("INCRBY").arg(format!("c{t}:n")).arg(t).query(&mut con).unwrap();
                     assert_eq!(n, t as i64);
                 })
                 .unwrap()
@@ -836,8 +730,5 @@ fn two_hundred_concurrent_clients_read_back_their_own_writes() {
     }
     let mut c = server.raw();
     assert_eq!(c.cmd(&resp(&[b"DBSIZE"])), Reply::Int(200 * 51));
-    assert_eq!(
-        c.cmd(&resp(&[b"GET", b"c199:k49"])),
-        bulk(format!("t199-i149-{}", "v".repeat(149 % 40)).as_bytes())
-    );
+    assert_eq!(c.cmd(&resp(&[b"GET", b"c199:k49"])), bulk(format!("t199-i149-{}", "v".repeat(149 % 40)).as_bytes()));
 }

@@ -43,29 +43,18 @@ impl Wire {
             }
             let mut tmp = [0u8; 65536];
             let n = self.s.read(&mut tmp).expect("read");
-            assert!(
-                n > 0,
-                "connection closed; have {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+            assert!(n > 0, "connection closed; have {:?}", String::from_utf8_lossy(&self.buf));
             self.buf.extend_from_slice(&tmp[..n]);
         }
     }
 
     /// True when the server closed the connection (nothing else arrives first).
     fn closed(&mut self) -> bool {
-        assert!(
-            self.buf.is_empty(),
-            "unread bytes {:?}",
-            String::from_utf8_lossy(&self.buf)
-        );
+        assert!(self.buf.is_empty(), "unread bytes {:?}", String::from_utf8_lossy(&self.buf));
         let mut tmp = [0u8; 1024];
         match self.s.read(&mut tmp) {
             Ok(0) => true,
-            Ok(n) => panic!(
-                "expected close, got {:?}",
-                String::from_utf8_lossy(&tmp[..n])
-            ),
+            Ok(n) => panic!("expected close, got {:?}", String::from_utf8_lossy(&tmp[..n])),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
             Err(_) => false,
         }
@@ -89,11 +78,7 @@ fn frame_len(b: &[u8]) -> Option<usize> {
         }
         b'*' | b'~' | b'>' | b'%' | b'|' => {
             let n: i64 = line.parse().ok()?;
-            let items = if b[0] == b'%' || b[0] == b'|' {
-                n * 2
-            } else {
-                n.max(0)
-            };
+            let items = if b[0] == b'%' || b[0] == b'|' { n * 2 } else { n.max(0) };
             let mut off = rest;
             for _ in 0..items {
                 off += frame_len(&b[off..])?;
@@ -176,15 +161,9 @@ fn ping_replies_pong_or_echoes_its_argument() {
     assert_eq!(w.call(&[b"PING"]), b"+PONG\r\n");
     assert_eq!(w.call(&[b"ping"]), b"+PONG\r\n");
     // With an argument PING replies a bulk string, not a simple string.
-    assert_eq!(
-        w.call(&[b"PING", b"hello world"]),
-        b"$11\r\nhello world\r\n"
-    );
+    assert_eq!(w.call(&[b"PING", b"hello world"]), b"$11\r\nhello world\r\n");
     assert_eq!(w.call(&[b"PING", b""]), b"$0\r\n\r\n");
-    assert_eq!(
-        w.call(&[b"PING", b"a", b"b"]),
-        b"-ERR wrong number of arguments for 'ping' command\r\n"
-    );
+    assert_eq!(w.call(&[b"PING", b"a", b"b"]), b"-ERR wrong number of arguments for 'ping' command\r\n");
 }
 
 #[test]
@@ -192,19 +171,10 @@ fn echo_is_binary_safe_and_checks_arity() {
     let server = Server::start();
     let mut w = Wire::connect(server.addr);
     assert_eq!(w.call(&[b"ECHO", b"x"]), b"$1\r\nx\r\n");
-    assert_eq!(
-        w.call(&[b"ECHO", b"a\r\n\x00\xffb"]),
-        b"$6\r\na\r\n\x00\xffb\r\n"
-    );
+    assert_eq!(w.call(&[b"ECHO", b"a\r\n\x00\xffb"]), b"$6\r\na\r\n\x00\xffb\r\n");
     assert_eq!(w.call(&[b"ECHO", b""]), b"$0\r\n\r\n");
-    assert_eq!(
-        w.call(&[b"ECHO"]),
-        b"-ERR wrong number of arguments for 'echo' command\r\n"
-    );
-    assert_eq!(
-        w.call(&[b"ECHO", b"a", b"b"]),
-        b"-ERR wrong number of arguments for 'echo' command\r\n"
-    );
+    assert_eq!(w.call(&[b"ECHO"]), b"-ERR wrong number of arguments for 'echo' command\r\n");
+    assert_eq!(w.call(&[b"ECHO", b"a", b"b"]), b"-ERR wrong number of arguments for 'echo' command\r\n");
 }
 
 #[test]
@@ -235,10 +205,7 @@ fn quit_replies_ok_then_closes_the_connection() {
 fn check_hello(reply: Reply, proto: i64, id: i64) -> Vec<(String, Reply)> {
     let fields = pairs(array(reply));
     let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys,
-        ["server", "version", "proto", "id", "mode", "role", "modules"]
-    );
+    assert_eq!(keys, ["server", "version", "proto", "id", "mode", "role", "modules"]);
     // Redis says server=redis, version=7.0.15; ours may say its own name and version.
     assert!(!bulk_str(&fields[0].1).is_empty());
     assert!(!bulk_str(&fields[1].1).is_empty());
@@ -260,11 +227,7 @@ fn hello_2_reports_server_fields_as_a_flat_array() {
     check_hello(cmd(&mut c, &["HELLO"]), 2, id);
     let mut w = Wire::connect(server.addr);
     let raw = w.call(&[b"HELLO", b"2"]);
-    assert!(
-        raw.starts_with(b"*14\r\n$6\r\nserver\r\n"),
-        "{:?}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert!(raw.starts_with(b"*14\r\n$6\r\nserver\r\n"), "{:?}", String::from_utf8_lossy(&raw));
 }
 
 #[test]
@@ -272,14 +235,13 @@ fn hello_3_switches_the_connection_to_resp3() {
     let server = Server::start();
     let mut w = Wire::connect(server.addr);
     let raw = w.call(&[b"HELLO", b"3"]);
-    assert!(
-        raw.starts_with(b"%7\r\n$6\r\nserver\r\n"),
-        "{:?}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert!(raw.starts_with(b"%7\r\n$6\r\nserver\r\n"), "{:?}", String::from_utf8_lossy(&raw));
     let text = String::from_utf8_lossy(&raw);
     assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
-    assert!(text.ends_with("$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"), "{text}");
+    assert!(
+        text.ends_with("$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"),
+        "{text}"
+    );
     // RESP3 null.
     assert_eq!(w.call(&[b"GET", b"hello:missing"]), b"_\r\n");
     assert_eq!(w.call(&[b"PING"]), b"+PONG\r\n");
@@ -302,24 +264,13 @@ fn resp3_replies_use_maps_nulls_and_verbatim_strings() {
     // CONFIG GET is a map; COMMAND DOCS is a map of maps.
     assert_eq!(w.call(&[b"CONFIG", b"GET", b"nosuchparameter"]), b"%0\r\n");
     let cfg = w.call(&[b"CONFIG", b"GET", b"maxclients"]);
-    assert!(
-        cfg.starts_with(b"%1\r\n$10\r\nmaxclients\r\n$"),
-        "{:?}",
-        String::from_utf8_lossy(&cfg)
-    );
+    assert!(cfg.starts_with(b"%1\r\n$10\r\nmaxclients\r\n$"), "{:?}", String::from_utf8_lossy(&cfg));
     let docs = w.call(&[b"COMMAND", b"DOCS", b"GET"]);
-    assert!(
-        docs.starts_with(b"%1\r\n$3\r\nget\r\n%"),
-        "{:?}",
-        String::from_utf8_lossy(&docs)
-    );
+    assert!(docs.starts_with(b"%1\r\n$3\r\nget\r\n%"), "{:?}", String::from_utf8_lossy(&docs));
     // A missing name is the RESP3 null.
     assert_eq!(w.call(&[b"CLIENT", b"GETNAME"]), b"_\r\n");
     // INFO and CLIENT INFO/LIST are verbatim strings of format "txt".
-    assert_eq!(
-        w.call(&[b"INFO", b"keyspace"]),
-        b"=16\r\ntxt:# Keyspace\r\n\r\n"
-    );
+    assert_eq!(w.call(&[b"INFO", b"keyspace"]), b"=16\r\ntxt:# Keyspace\r\n\r\n");
     let info = w.call(&[b"CLIENT", b"INFO"]);
     assert!(
         info.starts_with(b"=") && info.windows(8).any(|x| x == b"\r\ntxt:id"),
@@ -334,22 +285,10 @@ fn resp3_replies_use_maps_nulls_and_verbatim_strings() {
 fn hello_with_unsupported_or_bad_version_is_rejected() {
     let server = Server::start();
     let mut w = Wire::connect(server.addr);
-    assert_eq!(
-        w.call(&[b"HELLO", b"4"]),
-        b"-NOPROTO unsupported protocol version\r\n"
-    );
-    assert_eq!(
-        w.call(&[b"HELLO", b"1"]),
-        b"-NOPROTO unsupported protocol version\r\n"
-    );
-    assert_eq!(
-        w.call(&[b"HELLO", b"x"]),
-        b"-ERR Protocol version is not an integer or out of range\r\n"
-    );
-    assert_eq!(
-        w.call(&[b"HELLO", b"2", b"x"]),
-        b"-ERR Syntax error in HELLO option 'x'\r\n"
-    );
+    assert_eq!(w.call(&[b"HELLO", b"4"]), b"-NOPROTO unsupported protocol version\r\n");
+    assert_eq!(w.call(&[b"HELLO", b"1"]), b"-NOPROTO unsupported protocol version\r\n");
+    assert_eq!(w.call(&[b"HELLO", b"x"]), b"-ERR Protocol version is not an integer or out of range\r\n");
+    assert_eq!(w.call(&[b"HELLO", b"2", b"x"]), b"-ERR Syntax error in HELLO option 'x'\r\n");
     // A failed HELLO leaves the connection on RESP2.
     assert_eq!(w.call(&[b"GET", b"hello:missing"]), b"$-1\r\n");
 }
@@ -379,26 +318,11 @@ fn select_accepts_db_0_and_rejects_bad_indexes() {
     let server = Server::start();
     let mut c = server.raw();
     assert_eq!(cmd(&mut c, &["SELECT", "0"]), simple("OK"));
-    assert_eq!(
-        cmd(&mut c, &["SELECT", "abc"]),
-        err("ERR value is not an integer or out of range")
-    );
-    assert_eq!(
-        cmd(&mut c, &["SELECT", "16"]),
-        err("ERR DB index is out of range")
-    );
-    assert_eq!(
-        cmd(&mut c, &["SELECT", "-1"]),
-        err("ERR DB index is out of range")
-    );
-    assert_eq!(
-        cmd(&mut c, &["SELECT"]),
-        err("ERR wrong number of arguments for 'select' command")
-    );
-    assert_eq!(
-        cmd(&mut c, &["SELECT", "0", "1"]),
-        err("ERR wrong number of arguments for 'select' command")
-    );
+    assert_eq!(cmd(&mut c, &["SELECT", "abc"]), err("ERR value is not an integer or out of range"));
+    assert_eq!(cmd(&mut c, &["SELECT", "16"]), err("ERR DB index is out of range"));
+    assert_eq!(cmd(&mut c, &["SELECT", "-1"]), err("ERR DB index is out of range"));
+    assert_eq!(cmd(&mut c, &["SELECT"]), err("ERR wrong number of arguments for 'select' command"));
+    assert_eq!(cmd(&mut c, &["SELECT", "0", "1"]), err("ERR wrong number of arguments for 'select' command"));
     // Still on db 0.
     assert_eq!(cmd(&mut c, &["SET", "sel", "v"]), simple("OK"));
     let mut other = server.raw();
@@ -413,10 +337,7 @@ fn select_of_a_nonzero_db_is_out_of_range_in_ringcache() {
     }
     let server = Server::start();
     let mut c = server.raw();
-    assert_eq!(
-        cmd(&mut c, &["SELECT", "1"]),
-        err("ERR DB index is out of range")
-    );
+    assert_eq!(cmd(&mut c, &["SELECT", "1"]), err("ERR DB index is out of range"));
     assert_eq!(cmd(&mut c, &["SET", "sel1", "v"]), simple("OK"));
     let mut other = server.raw();
     assert_eq!(cmd(&mut other, &["GET", "sel1"]), bulk(b"v"));
@@ -431,21 +352,14 @@ fn client_setname_and_getname_round_trip() {
     let server = Server::start();
     let mut c = server.raw();
     assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]), Reply::Bulk(None));
-    assert_eq!(
-        cmd(&mut c, &["CLIENT", "SETNAME", "worker-1"]),
-        simple("OK")
-    );
+    assert_eq!(cmd(&mut c, &["CLIENT", "SETNAME", "worker-1"]), simple("OK"));
     assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]), bulk(b"worker-1"));
     // Punctuation is fine; only characters outside '!'..'~' are refused.
     assert_eq!(cmd(&mut c, &["client", "setname", "a~b!"]), simple("OK"));
     assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]), bulk(b"a~b!"));
     let invalid = err("ERR Client names cannot contain spaces, newlines or special characters.");
     for bad in ["a b", "a\nb", "a\x01b", "é"] {
-        assert_eq!(
-            cmd(&mut c, &["CLIENT", "SETNAME", bad]),
-            invalid,
-            "name {bad:?}"
-        );
+        assert_eq!(cmd(&mut c, &["CLIENT", "SETNAME", bad]), invalid, "name {bad:?}");
     }
     assert_eq!(cmd(&mut c, &["CLIENT", "GETNAME"]), bulk(b"a~b!"));
     // An empty name removes the name.
@@ -492,16 +406,10 @@ fn client_info_and_list_describe_the_connections() {
 
     let line = bulk_str(&cmd(&mut a, &["CLIENT", "INFO"]));
     // One line, ending in "\n", of space separated field=value pairs.
-    assert!(
-        line.ends_with('\n') && line.matches('\n').count() == 1,
-        "{line:?}"
-    );
+    assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
     let fields: Vec<&str> = line.trim_end().split(' ').collect();
     assert!(fields.contains(&format!("id={a_id}").as_str()), "{line}");
-    assert!(
-        fields.contains(&format!("addr=127.0.0.1:{a_port}").as_str()),
-        "{line}"
-    );
+    assert!(fields.contains(&format!("addr=127.0.0.1:{a_port}").as_str()), "{line}");
     assert!(fields.contains(&"name=alpha"), "{line}");
 
     let list = bulk_str(&cmd(&mut b, &["CLIENT", "LIST"]));
@@ -511,12 +419,7 @@ fn client_info_and_list_describe_the_connections() {
         .find(|l| l.split(' ').any(|f| f == format!("id={a_id}")))
         .unwrap_or_else(|| panic!("no line for id={a_id} in {list}"));
     assert!(a_line.split(' ').any(|f| f == "name=alpha"), "{a_line}");
-    assert!(
-        a_line
-            .split(' ')
-            .any(|f| f == format!("addr=127.0.0.1:{a_port}")),
-        "{a_line}"
-    );
+    assert!(a_line.split(' ').any(|f| f == format!("addr=127.0.0.1:{a_port}")), "{a_line}");
     let b_line = list
         .lines()
         .find(|l| l.split(' ').any(|f| f == format!("id={b_id}")))
@@ -533,10 +436,7 @@ fn client_info_and_list_describe_the_connections() {
     let more_ids: Vec<i64> = more.iter_mut().map(client_id).collect();
     let list = bulk_str(&cmd(&mut a, &["CLIENT", "LIST"]));
     for id in more_ids {
-        assert!(
-            list.lines().any(|l| l.starts_with(&format!("id={id} "))),
-            "id {id} missing from {list}"
-        );
+        assert!(list.lines().any(|l| l.starts_with(&format!("id={id} "))), "id {id} missing from {list}");
     }
 }
 
@@ -544,10 +444,7 @@ fn client_info_and_list_describe_the_connections() {
 fn client_subcommand_errors_match_redis() {
     let server = Server::start();
     let mut c = server.raw();
-    assert_eq!(
-        cmd(&mut c, &["CLIENT", "SETNAME"]),
-        err("ERR wrong number of arguments for 'client|setname' command")
-    );
+    assert_eq!(cmd(&mut c, &["CLIENT", "SETNAME"]), err("ERR wrong number of arguments for 'client|setname' command"));
     assert_eq!(
         cmd(&mut c, &["Client", "SetName", "x", "y"]),
         err("ERR wrong number of arguments for 'client|setname' command")
@@ -556,23 +453,11 @@ fn client_subcommand_errors_match_redis() {
         cmd(&mut c, &["CLIENT", "GETNAME", "x"]),
         err("ERR wrong number of arguments for 'client|getname' command")
     );
-    assert_eq!(
-        cmd(&mut c, &["CLIENT", "ID", "x"]),
-        err("ERR wrong number of arguments for 'client|id' command")
-    );
-    assert_eq!(
-        cmd(&mut c, &["CLIENT"]),
-        err("ERR wrong number of arguments for 'client' command")
-    );
+    assert_eq!(cmd(&mut c, &["CLIENT", "ID", "x"]), err("ERR wrong number of arguments for 'client|id' command"));
+    assert_eq!(cmd(&mut c, &["CLIENT"]), err("ERR wrong number of arguments for 'client' command"));
     // The unknown subcommand is quoted with its original case.
-    assert_eq!(
-        cmd(&mut c, &["CLIENT", "FOO"]),
-        err("ERR unknown subcommand 'FOO'. Try CLIENT HELP.")
-    );
-    assert_eq!(
-        cmd(&mut c, &["cLiEnT", "fOo", "bar"]),
-        err("ERR unknown subcommand 'fOo'. Try CLIENT HELP.")
-    );
+    assert_eq!(cmd(&mut c, &["CLIENT", "FOO"]), err("ERR unknown subcommand 'FOO'. Try CLIENT HELP."));
+    assert_eq!(cmd(&mut c, &["cLiEnT", "fOo", "bar"]), err("ERR unknown subcommand 'fOo'. Try CLIENT HELP."));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -594,16 +479,8 @@ fn command_count_info_and_docs_describe_get() {
     assert!(get.len() >= 6, "{get:?}");
     assert_eq!(get[0], bulk(b"get"));
     assert_eq!(get[1], Reply::Int(2), "arity");
-    assert!(
-        matches!(&get[2], Reply::Array(Some(_))),
-        "flags: {:?}",
-        get[2]
-    );
-    assert_eq!(
-        &get[3..6],
-        &[Reply::Int(1), Reply::Int(1), Reply::Int(1)],
-        "first, last, step"
-    );
+    assert!(matches!(&get[2], Reply::Array(Some(_))), "flags: {:?}", get[2]);
+    assert_eq!(&get[3..6], &[Reply::Int(1), Reply::Int(1), Reply::Int(1)], "first, last, step");
 
     // Unknown names give a null in their slot; names are case-insensitive.
     let infos = array(cmd(&mut c, &["COMMAND", "INFO", "get", "nosuchcommand"]));
@@ -617,21 +494,12 @@ fn command_count_info_and_docs_describe_get() {
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].0, "get");
     let fields = pairs(array(docs[0].1.clone()));
-    let summary = fields
-        .iter()
-        .find(|(k, _)| k == "summary")
-        .expect("summary field");
+    let summary = fields.iter().find(|(k, _)| k == "summary").expect("summary field");
     // Redis: "Get the value of a key".
     assert!(!bulk_str(&summary.1).is_empty());
-    assert_eq!(
-        array(cmd(&mut c, &["COMMAND", "DOCS", "nosuchcommand"])),
-        vec![]
-    );
+    assert_eq!(array(cmd(&mut c, &["COMMAND", "DOCS", "nosuchcommand"])), vec![]);
 
-    assert_eq!(
-        cmd(&mut c, &["COMMAND", "FOO"]),
-        err("ERR unknown subcommand 'FOO'. Try COMMAND HELP.")
-    );
+    assert_eq!(cmd(&mut c, &["COMMAND", "FOO"]), err("ERR unknown subcommand 'FOO'. Try COMMAND HELP."));
     assert_eq!(
         cmd(&mut c, &["COMMAND", "COUNT", "x"]),
         err("ERR wrong number of arguments for 'command|count' command")
@@ -647,13 +515,7 @@ fn info_has_the_standard_sections() {
     let server = Server::start();
     let mut c = server.raw();
     let text = info(&mut c, &[]);
-    for section in [
-        "# Server\r\n",
-        "# Clients\r\n",
-        "# Memory\r\n",
-        "# Stats\r\n",
-        "# Keyspace\r\n",
-    ] {
+    for section in ["# Server\r\n", "# Clients\r\n", "# Memory\r\n", "# Stats\r\n", "# Keyspace\r\n"] {
         assert!(text.contains(section), "missing {section:?} in {text}");
     }
     // Lines end in CRLF; sections are separated by an empty line.
@@ -665,16 +527,10 @@ fn info_has_the_standard_sections() {
     for name in ["keyspace", "KEYSPACE"] {
         let ks = info(&mut c, &[name]);
         assert!(ks.starts_with("# Keyspace\r\n"), "{ks:?}");
-        assert!(
-            !ks.contains("# Server") && !ks.contains("# Clients"),
-            "{ks}"
-        );
+        assert!(!ks.contains("# Server") && !ks.contains("# Clients"), "{ks}");
     }
     let two = info(&mut c, &["server", "clients"]);
-    assert!(
-        two.starts_with("# Server\r\n") && two.contains("# Clients\r\n"),
-        "{two}"
-    );
+    assert!(two.starts_with("# Server\r\n") && two.contains("# Clients\r\n"), "{two}");
     assert!(!two.contains("# Keyspace"), "{two}");
     // An unknown section gives an empty string, not an error.
     assert_eq!(cmd(&mut c, &["INFO", "nosuchsection"]), bulk(b""));
@@ -682,19 +538,14 @@ fn info_has_the_standard_sections() {
 
 fn keyspace_line(c: &mut Raw) -> Option<String> {
     let ks = info(c, &["keyspace"]);
-    ks.lines()
-        .find(|l| l.starts_with("db0:"))
-        .map(|l| l.to_string())
+    ks.lines().find(|l| l.starts_with("db0:")).map(|l| l.to_string())
 }
 
 /// `db0:keys=N,expires=M` followed by nothing or by more `,field=value` (Redis adds avg_ttl).
 fn assert_keyspace(c: &mut Raw, keys: usize, expires: usize) {
     let line = keyspace_line(c).expect("db0 line");
     let want = format!("db0:keys={keys},expires={expires}");
-    assert!(
-        line == want || line.starts_with(&format!("{want},")),
-        "got {line:?}, want {want:?}"
-    );
+    assert!(line == want || line.starts_with(&format!("{want},")), "got {line:?}, want {want:?}");
 }
 
 #[test]
@@ -746,10 +597,7 @@ fn dbsize_flushdb_and_flushall_across_shards() {
     assert_eq!(cmd(&mut c, &["FLUSHALL", "sync"]), simple("OK"));
     assert_eq!(cmd(&mut c, &["FLUSHDB", "x"]), err("ERR syntax error"));
     assert_eq!(cmd(&mut c, &["FLUSHALL", "x"]), err("ERR syntax error"));
-    assert_eq!(
-        cmd(&mut c, &["DBSIZE", "x"]),
-        err("ERR wrong number of arguments for 'dbsize' command")
-    );
+    assert_eq!(cmd(&mut c, &["DBSIZE", "x"]), err("ERR wrong number of arguments for 'dbsize' command"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,16 +613,10 @@ fn time_returns_seconds_and_microseconds_as_bulk_strings() {
     // Both are bulk strings holding integers, not RESP integers.
     let secs: u64 = bulk_str(&items[0]).parse().expect("seconds");
     let micros: u64 = bulk_str(&items[1]).parse().expect("microseconds");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     assert!(secs.abs_diff(now) <= 5, "TIME {secs}, now {now}");
     assert!(micros < 1_000_000);
-    assert_eq!(
-        cmd(&mut c, &["TIME", "x"]),
-        err("ERR wrong number of arguments for 'time' command")
-    );
+    assert_eq!(cmd(&mut c, &["TIME", "x"]), err("ERR wrong number of arguments for 'time' command"));
 }
 
 #[test]
@@ -795,28 +637,13 @@ fn config_get_supports_exact_names_globs_and_unknown_names() {
 
     let glob = pairs(array(cmd(&mut c, &["CONFIG", "GET", "max*"])));
     assert!(glob.iter().all(|(k, _)| k.starts_with("max")), "{glob:?}");
-    let (_, v) = glob
-        .iter()
-        .find(|(k, _)| k == "maxclients")
-        .expect("maxclients in max*");
+    let (_, v) = glob.iter().find(|(k, _)| k == "maxclients").expect("maxclients in max*");
     assert_eq!(bulk_str(v), max.to_string());
 
-    assert_eq!(
-        cmd(&mut c, &["CONFIG", "GET", "nosuchparameter"]),
-        Reply::Array(Some(vec![]))
-    );
-    assert_eq!(
-        cmd(&mut c, &["CONFIG", "GET"]),
-        err("ERR wrong number of arguments for 'config|get' command")
-    );
-    assert_eq!(
-        cmd(&mut c, &["CONFIG"]),
-        err("ERR wrong number of arguments for 'config' command")
-    );
-    assert_eq!(
-        cmd(&mut c, &["CONFIG", "FOO"]),
-        err("ERR unknown subcommand 'FOO'. Try CONFIG HELP.")
-    );
+    assert_eq!(cmd(&mut c, &["CONFIG", "GET", "nosuchparameter"]), Reply::Array(Some(vec![])));
+    assert_eq!(cmd(&mut c, &["CONFIG", "GET"]), err("ERR wrong number of arguments for 'config|get' command"));
+    assert_eq!(cmd(&mut c, &["CONFIG"]), err("ERR wrong number of arguments for 'config' command"));
+    assert_eq!(cmd(&mut c, &["CONFIG", "FOO"]), err("ERR unknown subcommand 'FOO'. Try CONFIG HELP."));
 }
 
 #[test]
@@ -825,18 +652,12 @@ fn config_set_maxclients_is_visible_to_config_get() {
     let mut c = server.raw();
     let original = bulk_str(&pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1);
 
-    assert_eq!(
-        cmd(&mut c, &["CONFIG", "SET", "maxclients", "500"]),
-        simple("OK")
-    );
+    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "maxclients", "500"]), simple("OK"));
     let got = pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])));
     assert_eq!(got[0].1, bulk(b"500"));
     // Visible from every connection, whichever shard serves it.
     let mut other = server.raw();
-    assert_eq!(
-        pairs(array(cmd(&mut other, &["CONFIG", "GET", "maxclients"])))[0].1,
-        bulk(b"500")
-    );
+    assert_eq!(pairs(array(cmd(&mut other, &["CONFIG", "GET", "maxclients"])))[0].1, bulk(b"500"));
 
     assert_eq!(
         cmd(&mut c, &["CONFIG", "SET", "maxclients", "abc"]),
@@ -850,19 +671,10 @@ fn config_set_maxclients_is_visible_to_config_get() {
         cmd(&mut c, &["CONFIG", "SET", "maxclients"]),
         err("ERR wrong number of arguments for 'config|set' command")
     );
-    assert_eq!(
-        pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1,
-        bulk(b"500")
-    );
+    assert_eq!(pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1, bulk(b"500"));
 
-    assert_eq!(
-        cmd(&mut c, &["CONFIG", "SET", "maxclients", &original]),
-        simple("OK")
-    );
-    assert_eq!(
-        pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1,
-        bulk(original.as_bytes())
-    );
+    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "maxclients", &original]), simple("OK"));
+    assert_eq!(pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1, bulk(original.as_bytes()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,14 +686,8 @@ fn unknown_command_error_quotes_name_and_first_arguments() {
     let server = Server::start();
     let mut w = Wire::connect(server.addr);
     // Note the trailing space after each quoted argument, and after "with:" when there are none.
-    assert_eq!(
-        w.call(&[b"foo", b"a", b"b"]),
-        b"-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n"
-    );
-    assert_eq!(
-        w.call(&[b"FOO"]),
-        b"-ERR unknown command 'FOO', with args beginning with: \r\n"
-    );
+    assert_eq!(w.call(&[b"foo", b"a", b"b"]), b"-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n");
+    assert_eq!(w.call(&[b"FOO"]), b"-ERR unknown command 'FOO', with args beginning with: \r\n");
     assert_eq!(
         w.call(&[b"FOO", b"a", b"b", b"c", b"d"]),
         b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' 'c' 'd' \r\n"
@@ -889,10 +695,7 @@ fn unknown_command_error_quotes_name_and_first_arguments() {
     // The argument list is cut once it reaches 128 bytes: each argument is printed with at most
     // 128 - (length so far) bytes, and no more arguments follow.
     let a200 = "a".repeat(200);
-    let want = format!(
-        "-ERR unknown command 'FOO', with args beginning with: '{}' \r\n",
-        "a".repeat(128)
-    );
+    let want = format!("-ERR unknown command 'FOO', with args beginning with: '{}' \r\n", "a".repeat(128));
     assert_eq!(w.call(&[b"FOO", a200.as_bytes(), b"more"]), want.as_bytes());
     let (a100, b100) = ("a".repeat(100), "b".repeat(100));
     let want = format!(
@@ -900,26 +703,17 @@ fn unknown_command_error_quotes_name_and_first_arguments() {
         "a".repeat(100),
         "b".repeat(25)
     );
-    assert_eq!(
-        w.call(&[b"FOO", a100.as_bytes(), b100.as_bytes(), b"c"]),
-        want.as_bytes()
-    );
+    assert_eq!(w.call(&[b"FOO", a100.as_bytes(), b100.as_bytes(), b"c"]), want.as_bytes());
     // The command name is cut at 128 bytes.
     let long_name = "n".repeat(300);
-    let want = format!(
-        "-ERR unknown command '{}', with args beginning with: \r\n",
-        "n".repeat(128)
-    );
+    let want = format!("-ERR unknown command '{}', with args beginning with: \r\n", "n".repeat(128));
     assert_eq!(w.call(&[long_name.as_bytes()]), want.as_bytes());
     // CR and LF inside the name or arguments become spaces, so the error stays one line.
     assert_eq!(
         w.call(&[b"FOO\nBAR", b"x\r\ny"]),
         b"-ERR unknown command 'FOO BAR', with args beginning with: 'x  y' \r\n"
     );
-    assert_eq!(
-        w.call(&[b""]),
-        b"-ERR unknown command '', with args beginning with: \r\n"
-    );
+    assert_eq!(w.call(&[b""]), b"-ERR unknown command '', with args beginning with: \r\n");
     // The connection stays usable.
     assert_eq!(w.call(&[b"PING"]), b"+PONG\r\n");
 }
@@ -938,12 +732,6 @@ fn wrong_arity_errors_name_the_command_in_lowercase() {
         (&["DBSIZE", "x"][..], "dbsize"),
         (&["SELECT"][..], "select"),
     ] {
-        assert_eq!(
-            cmd(&mut c, args),
-            err(&format!(
-                "ERR wrong number of arguments for '{name}' command"
-            )),
-            "{args:?}"
-        );
+        assert_eq!(cmd(&mut c, args), err(&format!("ERR wrong number of arguments for '{name}' command")), "{args:?}");
     }
 }

@@ -32,10 +32,7 @@ fn check(c: &mut Raw, args: &[&str], want: Reply) {
 #[track_caller]
 fn check_int_in(c: &mut Raw, args: &[&str], range: RangeInclusive<i64>) {
     match q(c, args) {
-        Reply::Int(n) => assert!(
-            range.contains(&n),
-            "reply to {args:?}: {n} not in {range:?}"
-        ),
+        Reply::Int(n) => assert!(range.contains(&n), "reply to {args:?}: {n} not in {range:?}"),
         other => panic!("reply to {args:?}: expected an integer, got {other:?}"),
     }
 }
@@ -81,16 +78,12 @@ fn invalid_expire(cmd: &str) -> Reply {
 }
 
 fn arity(cmd: &str) -> Reply {
-    err(&format!(
-        "ERR wrong number of arguments for '{cmd}' command"
-    ))
+    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
 /// A value of `len` bytes that contains every byte value, including `\0`, `\r` and `\n`.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,23 +145,14 @@ fn values_and_keys_are_binary_safe() {
     // A key differing only after the NUL byte is a different key.
     assert_eq!(qb(&mut c, &[b"GET", b"k\0ex\r\n*1\r\n"]), nil());
     assert_eq!(qb(&mut c, &[b"GET", b"k"]), nil());
-    assert_eq!(
-        qb(&mut c, &[b"APPEND", key, b"\0\0"]),
-        int(value.len() as i64 + 2)
-    );
+    assert_eq!(qb(&mut c, &[b"APPEND", key, b"\0\0"]), int(value.len() as i64 + 2));
     let mut want = value.to_vec();
     want.extend_from_slice(b"\0\0");
     assert_eq!(qb(&mut c, &[b"GET", key]), bulk(&want));
     assert_eq!(qb(&mut c, &[b"GETRANGE", key, b"0", b"2"]), bulk(b"\0\r\n"));
-    assert_eq!(
-        qb(&mut c, &[b"SETRANGE", key, b"1", b"\0"]),
-        int(want.len() as i64)
-    );
+    assert_eq!(qb(&mut c, &[b"SETRANGE", key, b"1", b"\0"]), int(want.len() as i64));
     assert_eq!(qb(&mut c, &[b"GETRANGE", key, b"0", b"2"]), bulk(b"\0\0\n"));
-    assert_eq!(
-        qb(&mut c, &[b"GETDEL", key]),
-        bulk(b"\0\0\n$3\r\nfoo\r\n\xff\xfe\0\0\0")
-    );
+    assert_eq!(qb(&mut c, &[b"GETDEL", key]), bulk(b"\0\0\n$3\r\nfoo\r\n\xff\xfe\0\0\0"));
     assert_eq!(qb(&mut c, &[b"EXISTS", key]), int(0));
 }
 
@@ -181,31 +165,19 @@ fn large_values_of_1_mib_and_10_mib_round_trip() {
         assert_eq!(qb(&mut c, &[b"SET", key.as_bytes(), &v]), ok());
         assert_eq!(qb(&mut c, &[b"STRLEN", key.as_bytes()]), int(len as i64));
         let got = qb(&mut c, &[b"GET", key.as_bytes()]);
-        assert!(
-            got == bulk(&v),
-            "{key}: large value differs after round trip"
-        );
+        assert!(got == bulk(&v), "{key}: large value differs after round trip");
         let tail = qb(&mut c, &[b"GETRANGE", key.as_bytes(), b"-5", b"-1"]);
         assert_eq!(tail, bulk(&v[len - 5..]));
     }
     // Appending to a large value.
     let extra = pattern(1 << 20, 7);
-    assert_eq!(
-        qb(&mut c, &[b"APPEND", b"ten", &extra]),
-        int((11 << 20) as i64)
-    );
+    assert_eq!(qb(&mut c, &[b"APPEND", b"ten", &extra]), int((11 << 20) as i64));
     let mut want = pattern(10 << 20, 2);
     want.extend_from_slice(&extra);
-    assert!(
-        qb(&mut c, &[b"GET", b"ten"]) == bulk(&want),
-        "appended large value differs"
-    );
+    assert!(qb(&mut c, &[b"GET", b"ten"]) == bulk(&want), "appended large value differs");
     // Several large values in one MGET reply.
     let got = qb(&mut c, &[b"MGET", b"one", b"missing", b"ten"]);
-    assert!(
-        got == arr(vec![bulk(pattern(1 << 20, 1)), nil(), bulk(&want)]),
-        "MGET of large values differs"
-    );
+    assert!(got == arr(vec![bulk(pattern(1 << 20, 1)), nil(), bulk(&want)]), "MGET of large values differs");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,11 +224,7 @@ fn set_with_expiry_in_the_past_deletes_the_key() {
     check(&mut c, &["EXISTS", "k"], int(0));
     check(&mut c, &["GET", "k"], nil());
     check(&mut c, &["SET", "k", "old"], ok());
-    check(
-        &mut c,
-        &["SET", "k", "new", "PXAT", "1", "GET"],
-        bulk("old"),
-    );
+    check(&mut c, &["SET", "k", "new", "PXAT", "1", "GET"], bulk("old"));
     check(&mut c, &["EXISTS", "k"], int(0));
 }
 
@@ -419,25 +387,10 @@ fn set_with_invalid_expire_times_is_rejected_with_redis_messages() {
         ["PX", "9223372036854775807"],
         ["EX", "-9223372036854775808"],
     ] {
-        check(
-            &mut c,
-            &["SET", "k", "new", opts[0], opts[1]],
-            invalid_expire("set"),
-        );
+        check(&mut c, &["SET", "k", "new", opts[0], opts[1]], invalid_expire("set"));
     }
     // Not a (strict, canonical) 64-bit integer.
-    for bad in [
-        "abc",
-        "1.5",
-        "1.0",
-        "",
-        " 10",
-        "10 ",
-        "+10",
-        "010",
-        "0x10",
-        "9223372036854775808",
-    ] {
+    for bad in ["abc", "1.5", "1.0", "", " 10", "10 ", "+10", "010", "0x10", "9223372036854775808"] {
         check(&mut c, &["SET", "k", "new", "PX", bad], not_int());
         check(&mut c, &["SET", "k", "new", "EX", bad], not_int());
     }
@@ -581,19 +534,9 @@ fn getex_rejects_bad_options_with_redis_messages() {
         args.extend_from_slice(opts);
         check(&mut c, &args, syntax());
     }
-    for opts in [
-        ["EX", "0"],
-        ["EX", "-1"],
-        ["PX", "-1"],
-        ["EXAT", "0"],
-        ["PXAT", "-1"],
-        ["EX", "9223372036854775807"],
-    ] {
-        check(
-            &mut c,
-            &["GETEX", "k", opts[0], opts[1]],
-            invalid_expire("getex"),
-        );
+    for opts in [["EX", "0"], ["EX", "-1"], ["PX", "-1"], ["EXAT", "0"], ["PXAT", "-1"], ["EX", "9223372036854775807"]]
+    {
+        check(&mut c, &["GETEX", "k", opts[0], opts[1]], invalid_expire("getex"));
     }
     check(&mut c, &["GETEX", "k", "EXAT", "abc"], not_int());
     check(&mut c, &["GETEX", "k", "PX", "1.5"], not_int());
@@ -676,11 +619,7 @@ fn msetnx_sets_all_or_nothing(s: &Server) {
     check(&mut c, &["MGET", "a", "b"], arr(vec![bulk("1"), bulk("2")]));
     // One existing key: nothing is set.
     check(&mut c, &["MSETNX", "c", "3", "a", "x", "d", "4"], int(0));
-    check(
-        &mut c,
-        &["MGET", "a", "c", "d"],
-        arr(vec![bulk("1"), nil(), nil()]),
-    );
+    check(&mut c, &["MGET", "a", "c", "d"], arr(vec![bulk("1"), nil(), nil()]));
     // A key repeated in one call: still all new, the last value wins.
     check(&mut c, &["MSETNX", "e", "first", "e", "last"], int(1));
     check(&mut c, &["GET", "e"], bulk("last"));
@@ -900,29 +839,13 @@ fn setrange_rejects_negative_offsets_and_values_over_512_mib() {
     let s = Server::start();
     let mut c = s.raw();
     check(&mut c, &["SET", "k", "abc"], ok());
-    check(
-        &mut c,
-        &["SETRANGE", "k", "-1", "x"],
-        err("ERR offset is out of range"),
-    );
+    check(&mut c, &["SETRANGE", "k", "-1", "x"], err("ERR offset is out of range"));
     check(&mut c, &["SETRANGE", "k", "abc", "x"], not_int());
     let too_big = err("ERR string exceeds maximum allowed size (proto-max-bulk-len)");
     // 536870911 + 2 bytes = 512 MiB + 1 byte: over the limit (checked before allocating).
-    check(
-        &mut c,
-        &["SETRANGE", "k", "536870911", "xy"],
-        too_big.clone(),
-    );
-    check(
-        &mut c,
-        &["SETRANGE", "k", "536870912", "x"],
-        too_big.clone(),
-    );
-    check(
-        &mut c,
-        &["SETRANGE", "k", "9223372036854775807", "x"],
-        too_big.clone(),
-    );
+    check(&mut c, &["SETRANGE", "k", "536870911", "xy"], too_big.clone());
+    check(&mut c, &["SETRANGE", "k", "536870912", "x"], too_big.clone());
+    check(&mut c, &["SETRANGE", "k", "9223372036854775807", "x"], too_big.clone());
     check(&mut c, &["SETRANGE", "nokey", "536870912", "x"], too_big);
     check(&mut c, &["EXISTS", "nokey"], int(0));
     check(&mut c, &["GET", "k"], bulk("abc"));
@@ -956,17 +879,7 @@ fn incr_on_a_non_integer_value_is_an_error_and_keeps_the_value() {
     let s = Server::start();
     let mut c = s.raw();
     // Redis parses strictly: no spaces, no '+', no leading zeros, no decimals, fits in i64.
-    for v in [
-        "abc",
-        " 1",
-        "1 ",
-        "+1",
-        "1.5",
-        "1e3",
-        "007",
-        "",
-        "12345678901234567890",
-    ] {
+    for v in ["abc", " 1", "1 ", "+1", "1.5", "1e3", "007", "", "12345678901234567890"] {
         check(&mut c, &["SET", "s", v], ok());
         check(&mut c, &["INCR", "s"], not_int());
         check(&mut c, &["DECR", "s"], not_int());
@@ -981,13 +894,7 @@ fn incrby_with_a_non_integer_increment_is_an_error() {
     let s = Server::start();
     let mut c = s.raw();
     check(&mut c, &["SET", "n", "5"], ok());
-    for inc in [
-        "abc",
-        "1.5",
-        "",
-        "99999999999999999999",
-        "9223372036854775808",
-    ] {
+    for inc in ["abc", "1.5", "", "99999999999999999999", "9223372036854775808"] {
         check(&mut c, &["INCRBY", "n", inc], not_int());
         check(&mut c, &["DECRBY", "n", inc], not_int());
     }
@@ -1011,30 +918,14 @@ fn incr_overflow_is_an_error_and_keeps_the_value() {
     check(&mut c, &["GET", "n"], bulk("-9223372036854775808"));
     // Negating i64::MIN for DECRBY has its own message.
     check(&mut c, &["SET", "n", "0"], ok());
-    check(
-        &mut c,
-        &["DECRBY", "n", "-9223372036854775808"],
-        err("ERR decrement would overflow"),
-    );
+    check(&mut c, &["DECRBY", "n", "-9223372036854775808"], err("ERR decrement would overflow"));
     check(&mut c, &["GET", "n"], bulk("0"));
     // Reaching the limits exactly is fine.
-    check(
-        &mut c,
-        &["INCRBY", "n", "-9223372036854775808"],
-        int(i64::MIN),
-    );
+    check(&mut c, &["INCRBY", "n", "-9223372036854775808"], int(i64::MIN));
     check(&mut c, &["SET", "n", "0"], ok());
-    check(
-        &mut c,
-        &["DECRBY", "n", "9223372036854775807"],
-        int(-i64::MAX),
-    );
+    check(&mut c, &["DECRBY", "n", "9223372036854775807"], int(-i64::MAX));
     check(&mut c, &["INCRBY", "n", "9223372036854775807"], int(0));
-    check(
-        &mut c,
-        &["INCRBY", "n", "9223372036854775807"],
-        int(i64::MAX),
-    );
+    check(&mut c, &["INCRBY", "n", "9223372036854775807"], int(i64::MAX));
 }
 
 #[test]
@@ -1065,16 +956,8 @@ fn incrbyfloat_formats_results_like_redis() {
     check(&mut c, &["INCRBYFLOAT", "e", "0"], bulk("1000"));
     // No exponent notation for large or small results.
     check(&mut c, &["SET", "big", "1"], ok());
-    check(
-        &mut c,
-        &["INCRBYFLOAT", "big", "1e15"],
-        bulk("1000000000000001"),
-    );
-    check(
-        &mut c,
-        &["INCRBYFLOAT", "small", "0.000123"],
-        bulk("0.000123"),
-    );
+    check(&mut c, &["INCRBYFLOAT", "big", "1e15"], bulk("1000000000000001"));
+    check(&mut c, &["INCRBYFLOAT", "small", "0.000123"], bulk("0.000123"));
     // The result is a string, so INCR on a fractional one fails.
     check(&mut c, &["SET", "f", "3.5"], ok());
     check(&mut c, &["INCR", "f"], not_int());

@@ -18,11 +18,7 @@ pub fn exists(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
 }
 
 pub fn type_(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
-    out.simple(if cx.exists(&args[1]) {
-        "string"
-    } else {
-        "none"
-    });
+    out.simple(if cx.exists(&args[1]) { "string" } else { "none" });
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -32,13 +28,7 @@ pub enum ExpireUnit {
 }
 
 /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT with NX/XX/GT/LT (Redis 7 `expireGenericCommand`).
-pub fn expire(
-    args: &[Bytes],
-    cx: &mut Exec,
-    out: &mut ReplyWriter,
-    unit: ExpireUnit,
-    absolute: bool,
-) {
+pub fn expire(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter, unit: ExpireUnit, absolute: bool) {
     let name = match (unit, absolute) {
         (ExpireUnit::Seconds, false) => "expire",
         (ExpireUnit::Millis, false) => "pexpire",
@@ -52,12 +42,7 @@ pub fn expire(
             b"XX" => xx = true,
             b"GT" => gt = true,
             b"LT" => lt = true,
-            _ => {
-                return out.error(&format!(
-                    "ERR Unsupported option {}",
-                    String::from_utf8_lossy(opt)
-                ))
-            }
+            _ => return out.error(&format!("ERR Unsupported option {}", String::from_utf8_lossy(opt))),
         }
     }
     if nx && (xx || gt || lt) {
@@ -90,11 +75,7 @@ pub fn expire(
     // A key without a TTL counts as an infinite TTL for GT and LT.
     let cur = current.map_or(i128::MAX, i128::from);
     let w = i128::from(when);
-    if (nx && current.is_some())
-        || (xx && current.is_none())
-        || (gt && w <= cur)
-        || (lt && w >= cur)
-    {
+    if (nx && current.is_some()) || (xx && current.is_none()) || (gt && w <= cur) || (lt && w >= cur) {
         return out.integer(0);
     }
     let at = if when <= 0 { 0 } else { when as u64 };

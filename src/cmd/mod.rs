@@ -149,19 +149,22 @@ pub fn arity_error(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
 }
 
-/// Redis's unknown-command error: the name and the first arguments (up to ~128 bytes).
-pub fn unknown_command_error(args: &[Bytes]) -> String {
-    let name = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
-    let mut rest = String::new();
+/// Redis's unknown-command error: the name (up to 128 bytes) and the first arguments, each
+/// quoted and followed by a space, until about 128 bytes. Client bytes are kept raw.
+pub fn unknown_command_error(args: &[Bytes]) -> Vec<u8> {
+    let mut m = b"ERR unknown command '".to_vec();
+    m.extend_from_slice(&args[0][..args[0].len().min(128)]);
+    m.extend_from_slice(b"', with args beginning with: ");
+    let mut rest: Vec<u8> = Vec::new();
     for a in &args[1..] {
         if rest.len() >= 128 {
             break;
         }
         let room = 128 - rest.len();
-        let s = String::from_utf8_lossy(&a[..a.len().min(room)]).into_owned();
-        rest.push('\'');
-        rest.push_str(&s);
-        rest.push_str("' ");
+        rest.push(b'\'');
+        rest.extend_from_slice(&a[..a.len().min(room)]);
+        rest.extend_from_slice(b"' ");
     }
-    format!("ERR unknown command '{name}', with args beginning with: {rest}")
+    m.extend_from_slice(&rest);
+    m
 }

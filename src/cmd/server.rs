@@ -25,9 +25,7 @@ pub fn run_local(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
         },
         "echo" => out.bulk(&args[1]),
         "time" => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             out.array(2);
             out.bulk(now.as_secs().to_string().as_bytes());
             out.bulk(now.subsec_micros().to_string().as_bytes());
@@ -54,11 +52,7 @@ fn subcommand_ok(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) -> b
         }
         Some((name, arity, _)) => {
             let argc = args.len() as i32;
-            let ok = if *arity >= 0 {
-                argc == *arity
-            } else {
-                argc >= -arity
-            };
+            let ok = if *arity >= 0 { argc == *arity } else { argc >= -arity };
             if !ok {
                 out.error(&arity_error(&format!("{}|{}", spec.name, name)));
             }
@@ -68,12 +62,7 @@ fn subcommand_ok(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) -> b
 }
 
 /// Commands that need the connection or every shard.
-pub async fn run_connection(
-    conn: &mut Conn,
-    spec: &CommandSpec,
-    args: &[Bytes],
-    buf: &mut Vec<u8>,
-) {
+pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut Vec<u8>) {
     let proto = conn.proto;
     let mut out = ReplyWriter::new(buf, proto);
     let shard = conn.shard.clone();
@@ -116,9 +105,7 @@ pub async fn run_connection(
             out.integer(total);
         }
         "flushdb" | "flushall" => {
-            if args.len() > 2
-                || (args.len() == 2 && !matches!(upper(&args[1]).as_str(), "ASYNC" | "SYNC"))
-            {
+            if args.len() > 2 || (args.len() == 2 && !matches!(upper(&args[1]).as_str(), "ASYNC" | "SYNC")) {
                 return out.error(err::SYNTAX);
             }
             on_all_shards(&shard, || AdminOp::Flush).await;
@@ -153,9 +140,7 @@ pub async fn run_connection(
             let n = shard.shards();
             let start = rand::random::<u32>() as usize % n;
             for i in 0..n {
-                if let AdminResult::Key(Some(k)) =
-                    on_shard(&shard, (start + i) % n, AdminOp::RandomKey).await
-                {
+                if let AdminResult::Key(Some(k)) = on_shard(&shard, (start + i) % n, AdminOp::RandomKey).await {
                     return out.bulk(&k);
                 }
             }
@@ -178,10 +163,7 @@ fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
         match super::int_arg(&args[1]) {
             Ok(2) => proto = Protocol::Resp2,
             Ok(3) => proto = Protocol::Resp3,
-            Ok(_) => {
-                return ReplyWriter::new(buf, conn.proto)
-                    .error("NOPROTO unsupported protocol version")
-            }
+            Ok(_) => return ReplyWriter::new(buf, conn.proto).error("NOPROTO unsupported protocol version"),
             Err(_) => {
                 return ReplyWriter::new(buf, conn.proto)
                     .error("ERR Protocol version is not an integer or out of range")
@@ -200,10 +182,7 @@ fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
                 name = Some(args[i + 1].to_vec());
                 i += 2;
             } else {
-                let msg = format!(
-                    "ERR Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(&args[i])
-                );
+                let msg = format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(&args[i]));
                 return ReplyWriter::new(buf, conn.proto).error(&msg);
             }
         }
@@ -240,10 +219,7 @@ async fn client(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut V
     if !subcommand_ok(spec, args, &mut out) {
         return;
     }
-    match String::from_utf8_lossy(&args[1])
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match String::from_utf8_lossy(&args[1]).to_ascii_lowercase().as_str() {
         "id" => out.integer(conn.info.borrow().id as i64),
         "getname" => match conn.info.borrow().name.as_deref() {
             Some(n) => out.bulk(n),
@@ -261,12 +237,7 @@ async fn client(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut V
             match upper(&args[2]).as_str() {
                 "LIB-NAME" => info.lib_name = Some(args[3].to_vec()),
                 "LIB-VER" => info.lib_ver = Some(args[3].to_vec()),
-                _ => {
-                    return out.error(&format!(
-                        "ERR Unrecognized option '{}'",
-                        String::from_utf8_lossy(&args[2])
-                    ))
-                }
+                _ => return out.error(&format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2]))),
             }
             out.ok();
         }
@@ -280,10 +251,7 @@ async fn client(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut V
             while i < args.len() {
                 match upper(&args[i]).as_str() {
                     "TYPE" if i + 1 < args.len() => {
-                        if !matches!(
-                            upper(&args[i + 1]).as_str(),
-                            "NORMAL" | "MASTER" | "REPLICA" | "PUBSUB"
-                        ) {
+                        if !matches!(upper(&args[i + 1]).as_str(), "NORMAL" | "MASTER" | "REPLICA" | "PUBSUB") {
                             return out.error(&format!(
                                 "ERR Unknown client type '{}'",
                                 String::from_utf8_lossy(&args[i + 1])
@@ -313,9 +281,8 @@ async fn client(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], buf: &mut V
             for r in on_all_shards(&shard, || AdminOp::ClientList).await {
                 if let AdminResult::Clients(ls) = r {
                     for l in ls {
-                        let keep = ids.as_ref().is_none_or(|ids| {
-                            ids.iter().any(|id| l.starts_with(&format!("id={id} ")))
-                        });
+                        let keep =
+                            ids.as_ref().is_none_or(|ids| ids.iter().any(|id| l.starts_with(&format!("id={id} "))));
                         if keep {
                             lines.push_str(&l);
                             lines.push('\n');
@@ -348,9 +315,7 @@ fn unreachable_sub(out: &mut ReplyWriter) {
 
 fn help(out: &mut ReplyWriter, name: &str, lines: &[&str]) {
     out.array(lines.len() + 1);
-    out.simple(&format!(
-        "{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
-    ));
+    out.simple(&format!("{name} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"));
     for l in lines {
         out.simple(l);
     }
@@ -414,12 +379,9 @@ fn command_info(spec: &CommandSpec, out: &mut ReplyWriter) {
 fn command_docs(spec: &CommandSpec, out: &mut ReplyWriter) {
     let has_subs = !spec.subcommands.is_empty();
     out.map(if has_subs { 5 } else { 4 });
-    for (k, v) in [
-        ("summary", spec.summary),
-        ("since", spec.since),
-        ("group", spec.group),
-        ("complexity", spec.complexity),
-    ] {
+    for (k, v) in
+        [("summary", spec.summary), ("since", spec.since), ("group", spec.group), ("complexity", spec.complexity)]
+    {
         out.bulk(k.as_bytes());
         out.bulk(v.as_bytes());
     }
@@ -451,10 +413,7 @@ fn command(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
         return;
     }
     let names = &args[2..];
-    match String::from_utf8_lossy(&args[1])
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match String::from_utf8_lossy(&args[1]).to_ascii_lowercase().as_str() {
         "count" => out.integer(COMMANDS.len() as i64),
         "list" => {
             out.array(COMMANDS.len());
@@ -471,7 +430,8 @@ fn command(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
                 for n in names {
                     match super::lookup(n) {
                         Some(c) => command_info(c, out),
-                        None => out.null_array(),
+                        // Redis 7 replies a null bulk here (not a null array).
+                        None => out.null(),
                     }
                 }
             }
@@ -491,14 +451,7 @@ fn command(spec: &CommandSpec, args: &[Bytes], out: &mut ReplyWriter) {
         "help" => help(
             out,
             "COMMAND",
-            &[
-                "(no subcommand)",
-                "COUNT",
-                "DOCS [<command-name> ...]",
-                "INFO [<command-name> ...]",
-                "LIST",
-                "HELP",
-            ],
+            &["(no subcommand)", "COUNT", "DOCS [<command-name> ...]", "INFO [<command-name> ...]", "LIST", "HELP"],
         ),
         _ => unreachable_sub(out),
     }
@@ -512,23 +465,9 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("port", g.listen_addr.port().to_string(), false),
         ("threads", g.shards.to_string(), false),
         ("databases", "1".into(), false),
-        (
-            "maxclients",
-            g.maxclients.load(Ordering::Relaxed).to_string(),
-            true,
-        ),
-        (
-            "proto-max-bulk-len",
-            g.proto_max_bulk_len.load(Ordering::Relaxed).to_string(),
-            true,
-        ),
-        (
-            "client-query-buffer-limit",
-            g.client_query_buffer_limit
-                .load(Ordering::Relaxed)
-                .to_string(),
-            true,
-        ),
+        ("maxclients", g.maxclients.load(Ordering::Relaxed).to_string(), true),
+        ("proto-max-bulk-len", g.proto_max_bulk_len.load(Ordering::Relaxed).to_string(), true),
+        ("client-query-buffer-limit", g.client_query_buffer_limit.load(Ordering::Relaxed).to_string(), true),
         ("maxmemory", "0".into(), false),
         ("maxmemory-policy", "noeviction".into(), false),
         ("save", String::new(), false),
@@ -541,19 +480,12 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
     if !subcommand_ok(spec, args, out) {
         return;
     }
-    match String::from_utf8_lossy(&args[1])
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match String::from_utf8_lossy(&args[1]).to_ascii_lowercase().as_str() {
         "get" => {
             let params = config_params(conn);
             let matched: Vec<_> = params
                 .iter()
-                .filter(|(name, _, _)| {
-                    args[2..]
-                        .iter()
-                        .any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes()))
-                })
+                .filter(|(name, _, _)| args[2..].iter().any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes())))
                 .collect();
             out.map(matched.len());
             for (name, value, _) in matched {
@@ -570,20 +502,18 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
             for kv in args[2..].chunks_exact(2) {
                 let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
                 let Some((pname, _, mutable)) = params.iter().find(|(n, _, _)| *n == name) else {
-                    return out.error(&format!(
-                        "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
-                    ));
+                    return out.error(&format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
                 };
                 if !mutable {
-                    return out.error(&format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - can't set immutable config"));
+                    return out.error(&format!(
+                        "ERR CONFIG SET failed (possibly related to argument '{pname}') - can't set immutable config"
+                    ));
                 }
                 let value = String::from_utf8_lossy(&kv[1]);
                 let parsed = if *pname == "maxclients" {
                     value.parse::<usize>().ok().filter(|&v| v >= 1)
                 } else {
-                    crate::config::parse_bytes(&value)
-                        .ok()
-                        .filter(|&v| v >= 1024)
+                    crate::config::parse_bytes(&value).ok().filter(|&v| v >= 1024)
                 };
                 let Some(v) = parsed else {
                     return out.error(&format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument couldn't be parsed into an integer"));
@@ -606,17 +536,7 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
             out.ok();
         }
         "rewrite" => out.error("ERR The server is running without a config file"),
-        "help" => help(
-            out,
-            "CONFIG",
-            &[
-                "GET <pattern>",
-                "SET <directive> <value>",
-                "RESETSTAT",
-                "REWRITE",
-                "HELP",
-            ],
-        ),
+        "help" => help(out, "CONFIG", &["GET <pattern>", "SET <directive> <value>", "RESETSTAT", "REWRITE", "HELP"]),
         _ => unreachable_sub(out),
     }
 }
@@ -636,11 +556,7 @@ fn human(bytes: u64) -> String {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     pages * 4096
 }
 
@@ -689,10 +605,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
         }
     };
     let uptime = g.started.elapsed().as_secs();
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
     let uname = uname();
     section(
         "server",
@@ -748,10 +661,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
         ),
     );
     let keyspace = if total.store.keys > 0 {
-        format!(
-            "db0:keys={},expires={},avg_ttl=0\r\n",
-            total.store.keys, total.store.keys_with_ttl
-        )
+        format!("db0:keys={},expires={},avg_ttl=0\r\n", total.store.keys, total.store.keys_with_ttl)
     } else {
         String::new()
     };
@@ -760,16 +670,8 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
 }
 
 fn uname() -> String {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
-    format!(
-        "Linux {} {}",
-        read("/proc/sys/kernel/osrelease"),
-        std::env::consts::ARCH
-    )
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    format!("Linux {} {}", read("/proc/sys/kernel/osrelease"), std::env::consts::ARCH)
 }
 
 async fn scan(conn: &Conn, args: &[Bytes], out: &mut ReplyWriter<'_>) {
@@ -803,12 +705,7 @@ async fn scan(conn: &Conn, args: &[Bytes], out: &mut ReplyWriter<'_>) {
     let n = shard.shards() as u64;
     // The cursor carries the shard in its low part: cursor = table_cursor * shards + shard.
     let (target, table_cursor) = ((cursor % n) as usize, cursor / n);
-    let op = AdminOp::Scan {
-        cursor: table_cursor,
-        count,
-        pattern,
-        only_strings: strings_ok,
-    };
+    let op = AdminOp::Scan { cursor: table_cursor, count, pattern, only_strings: strings_ok };
     let (next, keys) = match on_shard(&shard, target, op).await {
         AdminResult::Scan { next, keys } => (next, keys),
         _ => (0, Vec::new()),

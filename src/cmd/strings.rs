@@ -54,7 +54,10 @@ fn parse_set_options(args: &[Bytes], form: Form) -> Result<SetOptions, &'static 
             (b"KEEPTTL", _) if form == Form::Set && !o.persist && o.expire.is_none() => o.keepttl = true,
             (b"PERSIST", _) if form == Form::GetEx && !o.keepttl && o.expire.is_none() => o.persist = true,
             (_, Some(u))
-                if !o.keepttl && !o.persist && o.expire.as_ref().is_none_or(|(prev, _)| *prev == u) && next.is_some() =>
+                if !o.keepttl
+                    && !o.persist
+                    && o.expire.as_ref().is_none_or(|(prev, _)| *prev == u)
+                    && next.is_some() =>
             {
                 o.expire = next.map(|v| (u, v.clone()));
                 i += 1;
@@ -87,11 +90,7 @@ fn expire_to_abs_ms(v: i64, unit: &[u8], now_ms: u64) -> Option<u64> {
     }
     let seconds = matches!(unit, b"EX" | b"EXAT");
     let ms = if seconds { v.checked_mul(1000)? } else { v };
-    let abs = if matches!(unit, b"EX" | b"PX") {
-        ms.checked_add(now_ms as i64)?
-    } else {
-        ms
-    };
+    let abs = if matches!(unit, b"EX" | b"PX") { ms.checked_add(now_ms as i64)? } else { ms };
     (abs > 0).then_some(abs as u64)
 }
 
@@ -301,10 +300,7 @@ pub fn setrange(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
         // Nothing to write: Redis returns the current length and creates nothing.
         return out.integer(current.map_or(0, |(l, _)| l as i64));
     }
-    let Some(needed) = offset
-        .checked_add(patch.len())
-        .filter(|&n| n <= cx.max_value_bytes)
-    else {
+    let Some(needed) = offset.checked_add(patch.len()).filter(|&n| n <= cx.max_value_bytes) else {
         return out.error(err::TOO_BIG);
     };
     let (old_len, ttl) = current.unwrap_or((0, None));
@@ -385,11 +381,7 @@ impl Decimal {
     }
 
     pub fn parse(s: &[u8]) -> Option<Decimal> {
-        if s.is_empty()
-            || s.len() > 5000
-            || s[0].is_ascii_whitespace()
-            || s[s.len() - 1].is_ascii_whitespace()
-        {
+        if s.is_empty() || s.len() > 5000 || s[0].is_ascii_whitespace() || s[s.len() - 1].is_ascii_whitespace() {
             return None;
         }
         let text = std::str::from_utf8(s).ok()?;
@@ -397,11 +389,7 @@ impl Decimal {
         if f.is_nan() {
             return None;
         }
-        Some(
-            Self::parse_fixed(s)
-                .map(Decimal::Fixed)
-                .unwrap_or(Decimal::Float(f)),
-        )
+        Some(Self::parse_fixed(s).map(Decimal::Fixed).unwrap_or(Decimal::Float(f)))
     }
 
     /// `[-+]digits[.digits][e[-+]digits]` into fixed point, if it fits exactly.
@@ -484,12 +472,7 @@ impl Decimal {
 fn format_fixed(v: i128) -> String {
     let scale = 10u128.pow(SCALE_DIGITS as u32);
     let a = v.unsigned_abs();
-    let s = format!(
-        "{}{}.{:017}",
-        if v < 0 { "-" } else { "" },
-        a / scale,
-        a % scale
-    );
+    let s = format!("{}{}.{:017}", if v < 0 { "-" } else { "" }, a / scale, a % scale);
     let s = strip_zeros(&s);
     if s == "-0" {
         "0".into()
@@ -511,10 +494,7 @@ mod tests {
     use super::*;
 
     fn add(a: &str, b: &str) -> String {
-        Decimal::parse(a.as_bytes())
-            .unwrap()
-            .add(&Decimal::parse(b.as_bytes()).unwrap())
-            .unwrap()
+        Decimal::parse(a.as_bytes()).unwrap().add(&Decimal::parse(b.as_bytes()).unwrap()).unwrap()
     }
 
     #[test]

@@ -56,11 +56,14 @@ impl<'a> ReplyWriter<'a> {
     /// Error reply. `msg` starts with the error code (`ERR ...`, `WRONGTYPE ...`); CR and LF
     /// in it are replaced by spaces, as Redis does, so a reply can never be split.
     pub fn error(&mut self, msg: &str) {
+        self.error_bytes(msg.as_bytes());
+    }
+
+    /// Error reply from raw bytes: client-sent bytes in it (an unknown command's name) are
+    /// echoed as sent, not re-encoded, exactly as Redis does.
+    pub fn error_bytes(&mut self, msg: &[u8]) {
         self.buf.push(b'-');
-        self.buf.extend(
-            msg.bytes()
-                .map(|c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
-        );
+        self.buf.extend(msg.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }));
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -127,9 +130,7 @@ impl<'a> ReplyWriter<'a> {
     pub fn boolean(&mut self, v: bool) {
         match self.proto {
             Protocol::Resp2 => self.integer(v as i64),
-            Protocol::Resp3 => self
-                .buf
-                .extend_from_slice(if v { b"#t\r\n" } else { b"#f\r\n" }),
+            Protocol::Resp3 => self.buf.extend_from_slice(if v { b"#t\r\n" } else { b"#f\r\n" }),
         }
     }
 

@@ -46,10 +46,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bulk_bytes: 512 * 1024 * 1024,
-            max_args: 1024 * 1024,
-        }
+        Limits { max_bulk_bytes: 512 * 1024 * 1024, max_args: 1024 * 1024 }
     }
 }
 
@@ -74,9 +71,18 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// The error reply text (without the leading `-`).
-    pub fn message(&self) -> String {
-        format!("ERR {self}")
+    /// The error reply text (without the leading `-`). Bytes: the offending byte of
+    /// `expected '$', got 'x'` is echoed raw, as Redis does.
+    pub fn message(&self) -> Vec<u8> {
+        match self {
+            ParseError::ExpectedDollar(c) => {
+                let mut m = b"ERR Protocol error: expected '$', got '".to_vec();
+                m.push(*c);
+                m.push(b'\'');
+                m
+            }
+            other => format!("ERR {other}").into_bytes(),
+        }
     }
 }
 
@@ -140,21 +146,13 @@ impl Parser {
     /// them to `out`. Bytes of an incomplete command stay in `buf` and the parser remembers how
     /// far it got. On error, the commands parsed before the bad one are still in `out`; the
     /// connection must be closed after replying.
-    pub fn parse(
-        &mut self,
-        buf: &mut BytesMut,
-        out: &mut Vec<Vec<Bytes>>,
-    ) -> Result<(), ParseError> {
+    pub fn parse(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
         let result = self.parse_loop(buf, out);
         self.emit(buf, out);
         result
     }
 
-    fn parse_loop(
-        &mut self,
-        buf: &mut BytesMut,
-        out: &mut Vec<Vec<Bytes>>,
-    ) -> Result<(), ParseError> {
+    fn parse_loop(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>) -> Result<(), ParseError> {
         loop {
             match self.state {
                 State::Start => {
@@ -184,17 +182,13 @@ impl Parser {
                     let n = parse_int(&buf[self.pos + 1..line_end]);
                     self.pos = line_end + 2;
                     match n {
-                        Some(n) if n > self.limits.max_args as i64 => {
-                            return Err(ParseError::InvalidMultibulkLength)
-                        }
+                        Some(n) if n > self.limits.max_args as i64 => return Err(ParseError::InvalidMultibulkLength),
                         Some(n) if n <= 0 => {
                             // `*0` and `*-1` are accepted and ignored, as in Redis.
                             self.finish_empty();
                         }
                         Some(n) => {
-                            self.state = State::BulkHeader {
-                                remaining: n as usize,
-                            };
+                            self.state = State::BulkHeader { remaining: n as usize };
                         }
                         None => return Err(ParseError::InvalidMultibulkLength),
                     }
@@ -213,11 +207,7 @@ impl Parser {
                         return Ok(());
                     };
                     let len = match parse_int(&buf[self.pos + 1..line_end]) {
-                        Some(len)
-                            if len >= 0 && len as u64 <= self.limits.max_bulk_bytes as u64 =>
-                        {
-                            len as usize
-                        }
+                        Some(len) if len >= 0 && len as u64 <= self.limits.max_bulk_bytes as u64 => len as usize,
                         _ => return Err(ParseError::InvalidBulkLength),
                     };
                     self.pos = line_end + 2;
@@ -233,9 +223,7 @@ impl Parser {
                     if remaining == 1 {
                         self.finish_command();
                     } else {
-                        self.state = State::BulkHeader {
-                            remaining: remaining - 1,
-                        };
+                        self.state = State::BulkHeader { remaining: remaining - 1 };
                     }
                 }
             }
@@ -302,12 +290,7 @@ impl Parser {
             if a == b {
                 continue;
             }
-            out.push(
-                self.done_ranges[a..b]
-                    .iter()
-                    .map(|&(s, e)| frozen.slice(s..e))
-                    .collect(),
-            );
+            out.push(self.done_ranges[a..b].iter().map(|&(s, e)| frozen.slice(s..e)).collect());
         }
         self.done_cmds.clear();
         self.done_ranges.clear();
@@ -580,7 +563,7 @@ mod tests {
 
     #[test]
     fn protocol_errors_match_redis() {
-        let e = |input: &[u8]| parse_all(input).1.unwrap_err().message();
+        let e = |input: &[u8]| String::from_utf8(parse_all(input).1.unwrap_err().message()).unwrap();
         assert_eq!(e(b"*1\r\n$2147483648\r\n"), "ERR Protocol error: invalid bulk length");
         assert_eq!(e(b"*1\r\n$-5\r\n"), "ERR Protocol error: invalid bulk length");
         assert_eq!(e(b"*abc\r\n"), "ERR Protocol error: invalid multibulk length");
@@ -653,7 +636,9 @@ mod tests {
 
     #[test]
     fn inline_quoting() {
-        let s = |l: &[u8]| split_args(l).map(|v| v.into_iter().map(|a| String::from_utf8_lossy(&a).into_owned()).collect::<Vec<_>>());
+        let s = |l: &[u8]| {
+            split_args(l).map(|v| v.into_iter().map(|a| String::from_utf8_lossy(&a).into_owned()).collect::<Vec<_>>())
+        };
         assert_eq!(s(b"set a b"), Some(vec!["set".into(), "a".into(), "b".into()]));
         assert_eq!(s(b"  set   'a b'  \"c\\nd\" "), Some(vec!["set".into(), "a b".into(), "c\nd".into()]));
         assert_eq!(s(b"'it\\'s'"), Some(vec!["it's".into()]));

@@ -72,9 +72,7 @@ pub struct Global {
 
 impl Global {
     pub fn new(config: Config, shards: usize, listen_addr: std::net::SocketAddr) -> Self {
-        let run_id: String = (0..40)
-            .map(|_| format!("{:x}", rand::random::<u8>() % 16))
-            .collect();
+        let run_id: String = (0..40).map(|_| format!("{:x}", rand::random::<u8>() % 16)).collect();
         Global {
             maxclients: AtomicUsize::new(config.maxclients),
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
@@ -110,10 +108,7 @@ pub enum Msg {
 /// Work one shard asks of another.
 pub enum Request {
     /// Run single-shard commands in order; reply with their encoded replies.
-    Batch {
-        proto: Protocol,
-        cmds: Vec<Vec<Bytes>>,
-    },
+    Batch { proto: Protocol, cmds: Vec<Vec<Bytes>> },
     /// Take the gate for multi-shard transaction `tx` (waits while another holds it).
     Lock { tx: u64 },
     /// Release the gate held by `tx`. No response.
@@ -165,21 +160,9 @@ pub struct ClientInfo {
 impl ClientInfo {
     /// One line in Redis 7's CLIENT LIST format (without the trailing newline).
     pub fn line(&self) -> String {
-        let name = self
-            .name
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        let lib_name = self
-            .lib_name
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        let lib_ver = self
-            .lib_ver
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
+        let name = self.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let lib_name = self.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let lib_ver = self.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
         format!(
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
              qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
@@ -355,31 +338,13 @@ impl Shard {
         let senders = self.senders.as_ref()?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let slot = Rc::new(Slot {
-            resp: RefCell::new(None),
-            waker: RefCell::new(None),
-        });
+        let slot = Rc::new(Slot { resp: RefCell::new(None), waker: RefCell::new(None) });
         self.pending.borrow_mut().insert(id, slot.clone());
-        if senders
-            .send_to(
-                to,
-                Msg::Request {
-                    id,
-                    from: self.id,
-                    req,
-                },
-            )
-            .await
-            .is_err()
-        {
+        if senders.send_to(to, Msg::Request { id, from: self.id, req }).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return None;
         }
-        Some(Call {
-            shard: self.clone(),
-            id,
-            slot,
-        })
+        Some(Call { shard: self.clone(), id, slot })
     }
 
     /// Sends a message that has no response.
@@ -387,11 +352,7 @@ impl Shard {
         let Some(senders) = self.senders.as_ref() else {
             return;
         };
-        let msg = Msg::Request {
-            id: 0,
-            from: self.id,
-            req,
-        };
+        let msg = Msg::Request { id: 0, from: self.id, req };
         if let Err(msg) = senders.try_send_to(to, msg).map_err(full_channel_msg) {
             let Some(msg) = msg else { return };
             let me = self.clone();
@@ -408,10 +369,7 @@ impl Shard {
         let Some(senders) = self.senders.as_ref() else {
             return;
         };
-        if let Err(msg) = senders
-            .try_send_to(to, Msg::Response { id, resp })
-            .map_err(full_channel_msg)
-        {
+        if let Err(msg) = senders.try_send_to(to, Msg::Response { id, resp }).map_err(full_channel_msg) {
             let Some(msg) = msg else { return };
             let me = self.clone();
             glommio::spawn_local(async move {

@@ -26,11 +26,7 @@ pub enum PartOp {
     /// Remove and return a key (RENAME's source).
     Take(Bytes),
     /// Store a key with an absolute expiry (RENAME's destination).
-    Put {
-        key: Bytes,
-        value: Vec<u8>,
-        expire_at_ms: Option<u64>,
-    },
+    Put { key: Bytes, value: Vec<u8>, expire_at_ms: Option<u64> },
 }
 
 pub enum PartResult {
@@ -81,11 +77,7 @@ pub enum AdminResult {
 }
 
 fn exec<'a>(shard: &Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
-    Exec {
-        store,
-        now_ms: now_ms(),
-        max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
-    }
+    Exec { store, now_ms: now_ms(), max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed) }
 }
 
 /// Runs single-shard key commands in order and returns their encoded replies.
@@ -100,7 +92,7 @@ pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> Respons
                 let mut cx = exec(shard, &mut store);
                 cmd::execute_keyed(spec, args, &mut cx, &mut w);
             }
-            None => w.error(&cmd::unknown_command_error(args)),
+            None => w.error_bytes(&cmd::unknown_command_error(args)),
         }
         ends.push(out.len() as u32);
     }
@@ -114,32 +106,19 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> PartResult {
     let mut store = shard.store.borrow_mut();
     let mut cx = exec(shard, &mut store);
     match op {
-        PartOp::Mget(keys) => PartResult::Values(
-            keys.iter()
-                .map(|k| cx.lookup_read(k).map(|e| e.value().to_vec()))
-                .collect(),
-        ),
+        PartOp::Mget(keys) => {
+            PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(|e| e.value().to_vec())).collect())
+        }
         PartOp::Mset(pairs) => {
             for (k, v) in &pairs {
                 cx.write_set(k, v, None);
             }
             PartResult::Done
         }
-        PartOp::Del(keys) => {
-            PartResult::Count(keys.iter().filter(|k| cx.write_del(k)).count() as i64)
-        }
-        PartOp::Exists(keys) => {
-            PartResult::Count(keys.iter().filter(|k| cx.exists(k)).count() as i64)
-        }
-        PartOp::Take(key) => PartResult::Taken(
-            cx.write_take(&key)
-                .map(|e| (e.value().to_vec(), e.expire_at_ms())),
-        ),
-        PartOp::Put {
-            key,
-            value,
-            expire_at_ms,
-        } => {
+        PartOp::Del(keys) => PartResult::Count(keys.iter().filter(|k| cx.write_del(k)).count() as i64),
+        PartOp::Exists(keys) => PartResult::Count(keys.iter().filter(|k| cx.exists(k)).count() as i64),
+        PartOp::Take(key) => PartResult::Taken(cx.write_take(&key).map(|e| (e.value().to_vec(), e.expire_at_ms()))),
+        PartOp::Put { key, value, expire_at_ms } => {
             cx.write_entry(Entry::new(&key, &value, expire_at_ms));
             PartResult::Done
         }
@@ -170,12 +149,7 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
             }
             AdminResult::Keys(keys)
         }
-        AdminOp::Scan {
-            cursor,
-            count,
-            pattern,
-            only_strings,
-        } => {
+        AdminOp::Scan { cursor, count, pattern, only_strings } => {
             let store = shard.store.borrow();
             let mut keys = Vec::new();
             let mut next = cursor;
@@ -205,10 +179,7 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
         })),
         AdminOp::ClientList => {
             let clients = shard.clients.borrow();
-            let mut v: Vec<_> = clients
-                .values()
-                .map(|c| (c.borrow().id, c.borrow().line()))
-                .collect();
+            let mut v: Vec<_> = clients.values().map(|c| (c.borrow().id, c.borrow().line())).collect();
             v.sort_by_key(|(id, _)| *id);
             AdminResult::Clients(v.into_iter().map(|(_, l)| l).collect())
         }

@@ -47,9 +47,7 @@ impl Entry {
     /// Builds an entry. Panics only if lengths exceed [`MAX_LEN`], which the protocol limits
     /// rule out.
     pub fn new(key: &[u8], value: &[u8], expire_at_ms: Option<u64>) -> Entry {
-        Self::with_value_len(key, value.len(), expire_at_ms, |dst| {
-            dst.copy_from_slice(value)
-        })
+        Self::with_value_len(key, value.len(), expire_at_ms, |dst| dst.copy_from_slice(value))
     }
 
     /// Builds an entry whose value is written in place by `fill` (avoids an intermediate
@@ -60,10 +58,7 @@ impl Entry {
         expire_at_ms: Option<u64>,
         fill: impl FnOnce(&mut [u8]),
     ) -> Entry {
-        assert!(
-            key.len() <= MAX_LEN && value_len <= MAX_LEN,
-            "entry too large"
-        );
+        assert!(key.len() <= MAX_LEN && value_len <= MAX_LEN, "entry too large");
         let has_ttl = expire_at_ms.is_some();
         let lay = layout(key.len(), value_len, has_ttl);
         // SAFETY: the layout has non-zero size (HEADER > 0).
@@ -113,9 +108,7 @@ impl Entry {
 
     pub fn key(&self) -> &[u8] {
         // SAFETY: the key bytes were written at construction and live as long as `self`.
-        unsafe {
-            std::slice::from_raw_parts(self.ptr.as_ptr().add(self.key_offset()), self.key_len())
-        }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(self.key_offset()), self.key_len()) }
     }
 
     pub fn value(&self) -> &[u8] {

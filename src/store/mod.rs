@@ -47,10 +47,7 @@ pub struct Store {
 
 /// Current wall-clock time in Unix milliseconds (the clock absolute expiry times use).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Store {
@@ -147,13 +144,7 @@ impl Store {
         }
     }
 
-    pub fn set(
-        &mut self,
-        key: &[u8],
-        value: &[u8],
-        expire_at_ms: Option<u64>,
-        now_ms: u64,
-    ) -> Option<Entry> {
+    pub fn set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>, now_ms: u64) -> Option<Entry> {
         self.put(Entry::new(key, value, expire_at_ms), now_ms)
     }
 
@@ -237,12 +228,7 @@ impl Store {
     /// Visits up to `max_buckets` buckets of the active-expiry walk, removing expired entries.
     /// Returns `(entries with a TTL seen, entries removed)`; `removed` keys are appended to
     /// `out` so the caller can log them.
-    pub fn active_expire(
-        &mut self,
-        now_ms: u64,
-        max_buckets: usize,
-        out: &mut Vec<Vec<u8>>,
-    ) -> (usize, usize) {
+    pub fn active_expire(&mut self, now_ms: u64, max_buckets: usize, out: &mut Vec<Vec<u8>>) -> (usize, usize) {
         if self.ttl_keys == 0 {
             return (0, 0);
         }
@@ -302,12 +288,7 @@ mod tests {
     fn active_expire_removes_unread_expired_keys() {
         let mut s = Store::new(2);
         for i in 0..1000 {
-            s.set(
-                format!("k{i}").as_bytes(),
-                b"v",
-                Some(if i % 2 == 0 { 10 } else { 1_000_000 }),
-                0,
-            );
+            s.set(format!("k{i}").as_bytes(), b"v", Some(if i % 2 == 0 { 10 } else { 1_000_000 }), 0);
         }
         let mut out = Vec::new();
         let mut removed = 0;
@@ -328,10 +309,7 @@ mod tests {
         assert_eq!(s.get(b"k", 0).and_then(|e| e.expire_at_ms()), Some(500));
         assert_eq!(s.stats().used_bytes, before + 8);
         assert!(s.set_expiry(b"k", None, 0));
-        assert_eq!(
-            s.get(b"k", 0).map(|e| e.value().to_vec()),
-            Some(b"value".to_vec())
-        );
+        assert_eq!(s.get(b"k", 0).map(|e| e.value().to_vec()), Some(b"value".to_vec()));
         assert_eq!(s.stats().keys_with_ttl, 0);
         assert!(!s.set_expiry(b"missing", Some(1), 0));
     }

@@ -62,13 +62,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(seed: u64) -> Self {
-        Table {
-            t0: Buckets::default(),
-            t1: Buckets::default(),
-            rehash_idx: None,
-            len: 0,
-            seed,
-        }
+        Table { t0: Buckets::default(), t1: Buckets::default(), rehash_idx: None, len: 0, seed }
     }
 
     pub fn len(&self) -> usize {
@@ -116,8 +110,7 @@ impl Table {
     fn slot_mut(&mut self, key: &[u8]) -> Option<&mut Option<Entry>> {
         let h = self.hash(key);
         let rehashing = self.is_rehashing();
-        let in_t0 = !self.t0.is_empty()
-            && chain_contains(&self.t0.slots[(h & self.t0.mask()) as usize], key);
+        let in_t0 = !self.t0.is_empty() && chain_contains(&self.t0.slots[(h & self.t0.mask()) as usize], key);
         let t = if in_t0 {
             &mut self.t0
         } else if rehashing {
@@ -148,11 +141,7 @@ impl Table {
         }
         self.grow_if_needed();
         let h = self.hash(entry.key());
-        let t = if self.is_rehashing() {
-            &mut self.t1
-        } else {
-            &mut self.t0
-        };
+        let t = if self.is_rehashing() { &mut self.t1 } else { &mut self.t0 };
         let idx = (h & t.mask()) as usize;
         *entry.next_slot_mut() = t.slots[idx].take();
         t.slots[idx] = Some(entry);
@@ -261,11 +250,8 @@ impl Table {
             v |= !m0;
             v = v.reverse_bits().wrapping_add(1).reverse_bits();
         } else {
-            let (small, large) = if self.t0.slots.len() <= self.t1.slots.len() {
-                (&self.t0, &self.t1)
-            } else {
-                (&self.t1, &self.t0)
-            };
+            let (small, large) =
+                if self.t0.slots.len() <= self.t1.slots.len() { (&self.t0, &self.t1) } else { (&self.t1, &self.t0) };
             let (m0, m1) = (small.mask(), large.mask());
             emit(&small.slots[(v & m0) as usize], &mut f);
             loop {
@@ -293,11 +279,7 @@ impl Table {
         // Expected tries are at most 8 (the minimum fill); bound them and fall back to a scan.
         for _ in 0..4096 {
             let i = lo + (rng() % span as u64) as usize;
-            let slot = if i < n0 {
-                &self.t0.slots[i]
-            } else {
-                &self.t1.slots[i - n0]
-            };
+            let slot = if i < n0 { &self.t0.slots[i] } else { &self.t1.slots[i - n0] };
             if let Some(first) = slot {
                 let mut chain_len = 0;
                 let mut cur = slot;
@@ -314,11 +296,7 @@ impl Table {
                 return Some(e);
             }
         }
-        self.t0
-            .slots
-            .iter()
-            .chain(self.t1.slots.iter())
-            .find_map(|s| s.as_ref())
+        self.t0.slots.iter().chain(self.t1.slots.iter()).find_map(|s| s.as_ref())
     }
 }
 

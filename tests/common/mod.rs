@@ -37,7 +37,8 @@ impl Server {
             let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("FLUSHALL on external server");
             return s;
         }
-        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1:0".into(), "--threads".into(), threads.to_string()];
+        let mut args: Vec<String> =
+            vec!["--bind".into(), "127.0.0.1:0".into(), "--threads".into(), threads.to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(&args)
     }
@@ -189,7 +190,11 @@ impl Raw {
             }
             let mut tmp = [0u8; 65536];
             let n = self.s.read(&mut tmp).expect("read reply");
-            assert!(n > 0, "connection closed while waiting for a reply; have {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&tmp[..n]);
         }
     }
