@@ -49,9 +49,7 @@ impl Exec<'_> {
 
     /// Reads a value for a read command, counting the hit or miss.
     pub fn lookup_read(&mut self, key: &[u8]) -> Option<&Entry> {
-        let hit = self.store.contains(key, self.now_ms);
-        self.store.count_lookup(hit);
-        self.store.get(key, self.now_ms)
+        self.store.get_counted(key, self.now_ms)
     }
 
     pub fn exists(&mut self, key: &[u8]) -> bool {

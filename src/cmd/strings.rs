@@ -111,20 +111,28 @@ pub fn set(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
         Err(e) => return out.error(&e),
     };
     let key = &args[1];
-    let old = cx.get(key).map(|e| (e.value().to_vec(), e.expire_at_ms()));
-    if o.get {
-        match &old {
-            Some((v, _)) => out.bulk(v),
-            None => out.null(),
+    // Only what the options need: existence, the TTL for KEEPTTL, the value for GET.
+    let (exists, old_ttl) = match cx.get(key) {
+        Some(e) => {
+            if o.get {
+                out.bulk(e.value());
+            }
+            (true, e.expire_at_ms())
         }
-    }
-    if (o.nx && old.is_some()) || (o.xx && old.is_none()) {
+        None => {
+            if o.get {
+                out.null();
+            }
+            (false, None)
+        }
+    };
+    if (o.nx && exists) || (o.xx && !exists) {
         if !o.get {
             out.null();
         }
         return;
     }
-    let expire = if o.keepttl { old.as_ref().and_then(|(_, t)| *t) } else { expire_at_ms };
+    let expire = if o.keepttl { old_ttl } else { expire_at_ms };
     cx.write_set(key, &args[2], expire);
     if !o.get {
         out.ok();

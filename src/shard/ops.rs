@@ -184,6 +184,7 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
             AdminResult::Clients(v.into_iter().map(|(_, l)| l).collect())
         }
         AdminOp::ResetStats => {
+            shard.store.borrow_mut().reset_stats();
             shard.stats.commands_processed.set(0);
             shard.stats.net_input_bytes.set(0);
             shard.stats.net_output_bytes.set(0);

@@ -38,8 +38,8 @@ pub struct Store {
     entry_bytes: usize,
     ttl_keys: usize,
     expired_keys: u64,
-    hits: u64,
-    misses: u64,
+    hits: std::cell::Cell<u64>,
+    misses: std::cell::Cell<u64>,
     /// Cursor of the active expiry walk.
     expire_cursor: u64,
     rng: u64,
@@ -57,8 +57,8 @@ impl Store {
             entry_bytes: 0,
             ttl_keys: 0,
             expired_keys: 0,
-            hits: 0,
-            misses: 0,
+            hits: Default::default(),
+            misses: Default::default(),
             expire_cursor: 0,
             rng: seed | 1,
         }
@@ -78,19 +78,22 @@ impl Store {
             keys_with_ttl: self.ttl_keys as u64,
             used_bytes: (self.entry_bytes + self.table.bucket_bytes()) as u64,
             expired_keys: self.expired_keys,
-            keyspace_hits: self.hits,
-            keyspace_misses: self.misses,
+            keyspace_hits: self.hits.get(),
+            keyspace_misses: self.misses.get(),
         }
     }
 
     /// Records a read hit or miss for INFO stats (only commands that read a value count, as in
     /// Redis).
-    pub fn count_lookup(&mut self, hit: bool) {
-        if hit {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
-        }
+    pub fn count_lookup(&self, hit: bool) {
+        let c = if hit { &self.hits } else { &self.misses };
+        c.set(c.get() + 1);
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.hits.set(0);
+        self.misses.set(0);
+        self.expired_keys = 0;
     }
 
     fn account_in(&mut self, e: &Entry) {
@@ -115,14 +118,38 @@ impl Store {
         expired
     }
 
+    /// The live entry for `key`, as a pointer valid until the table is next modified. One
+    /// hash lookup; an expired entry is removed (lazy expiry).
+    fn get_ptr(&mut self, key: &[u8], now_ms: u64) -> Option<*const Entry> {
+        let e: *const Entry = self.table.get(key)?;
+        // SAFETY: `e` was just returned by the table and nothing has modified it since.
+        if !unsafe { &*e }.is_expired(now_ms) {
+            return Some(e);
+        }
+        self.expire_if_needed(key, now_ms);
+        None
+    }
+
     /// The live entry for `key`.
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        self.expire_if_needed(key, now_ms);
-        self.table.get(key)
+        // SAFETY: the returned reference borrows `self` mutably, so the table cannot change
+        // while it lives. (Returning the table's borrow directly on one path and mutating on
+        // the other is rejected by the current borrow checker, hence the pointer.)
+        self.get_ptr(key, now_ms).map(|e| unsafe { &*e })
+    }
+
+    /// Like [`Store::get`], counting the keyspace hit or miss.
+    pub fn get_counted(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let e = self.get_ptr(key, now_ms);
+        self.count_lookup(e.is_some());
+        // SAFETY: as in `get`; counting touches only the `Cell` counters, not the table.
+        e.map(|e| unsafe { &*e })
     }
 
     pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
-        self.expire_if_needed(key, now_ms);
+        if self.get(key, now_ms).is_none() {
+            return None;
+        }
         self.table.get_mut(key)
     }
 

@@ -106,23 +106,21 @@ impl Table {
         None
     }
 
-    /// The chain slot holding `key`, if present.
+    /// The chain slot holding `key`, if present. One traversal per table.
     fn slot_mut(&mut self, key: &[u8]) -> Option<&mut Option<Entry>> {
         let h = self.hash(key);
         let rehashing = self.is_rehashing();
-        let in_t0 = !self.t0.is_empty() && chain_contains(&self.t0.slots[(h & self.t0.mask()) as usize], key);
-        let t = if in_t0 {
-            &mut self.t0
-        } else if rehashing {
-            &mut self.t1
-        } else {
-            return None;
-        };
-        if t.is_empty() {
-            return None;
+        if !self.t0.is_empty() {
+            let idx = (h & self.t0.mask()) as usize;
+            if let Some(slot) = find_in_chain(&mut self.t0.slots[idx], key) {
+                return Some(slot);
+            }
         }
-        let idx = (h & t.mask()) as usize;
-        find_in_chain(&mut t.slots[idx], key)
+        if rehashing && !self.t1.is_empty() {
+            let idx = (h & self.t1.mask()) as usize;
+            return find_in_chain(&mut self.t1.slots[idx], key);
+        }
+        None
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
@@ -298,16 +296,6 @@ impl Table {
         }
         self.t0.slots.iter().chain(self.t1.slots.iter()).find_map(|s| s.as_ref())
     }
-}
-
-fn chain_contains(mut cur: &Option<Entry>, key: &[u8]) -> bool {
-    while let Some(e) = cur {
-        if e.key() == key {
-            return true;
-        }
-        cur = e.next_slot();
-    }
-    false
 }
 
 fn find_in_chain<'a>(mut cur: &'a mut Option<Entry>, key: &[u8]) -> Option<&'a mut Option<Entry>> {
