@@ -1,2 +1,3 @@
 pub mod resp;
 pub mod store;
+pub mod wal;
