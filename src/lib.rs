@@ -13,6 +13,7 @@
 //! | [`shard`] | a shard's state, the channel mesh between shards, the multi-shard gate |
 //! | [`coord`] | multi-key commands whose keys span shards |
 //! | [`store`] | a shard's keyspace: the hash table and its entries |
+//! | [`wal`] | the write-ahead log's on-disk format: record encoding, segment scanning, recovery decisions (pure; the durable I/O side is not built yet) |
 //! | [`error`] | startup errors, each with the fix |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.
@@ -26,3 +27,4 @@ pub mod resp;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod wal;

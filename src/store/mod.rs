@@ -147,9 +147,7 @@ impl Store {
     }
 
     pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
-        if self.get(key, now_ms).is_none() {
-            return None;
-        }
+        self.get(key, now_ms)?;
         self.table.get_mut(key)
     }
 
