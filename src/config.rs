@@ -36,6 +36,12 @@ pub struct Config {
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
 
+    /// How long an idle shard polls for new work before it sleeps, in microseconds. Spinning
+    /// saves the sleep/wake-up cost per request under load and costs CPU only while idle
+    /// after activity; 0 sleeps at once.
+    #[arg(long = "spin-before-park-us", default_value_t = 0)]
+    pub spin_before_park_us: u64,
+
     /// io_uring buffer memory per shard, in bytes. Small by default so that the common 8 MiB
     /// RLIMIT_MEMLOCK suffices for every shard.
     #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]

@@ -81,6 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         last_cmd: "NULL",
         proto: Protocol::Resp2,
         qbuf: 0,
+        phase: "r",
     }));
     shard.clients.borrow_mut().insert(id, info.clone());
     let mut conn = Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false };
@@ -100,6 +101,7 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut cmds: Vec<Vec<Bytes>> = Vec::new();
     loop {
+        conn.info.borrow_mut().phase = "r";
         // Read, unless shutdown was requested while we were idle.
         let chunk_len = {
             let read = stream.fill_buf();
@@ -126,6 +128,7 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
         };
         stream.consume(chunk_len);
         shard.stats.net_input_bytes.set(shard.stats.net_input_bytes.get() + chunk_len as u64);
+        conn.info.borrow_mut().phase = "x";
         let parsed = parser.parse(&mut qbuf, &mut cmds);
         if !cmds.is_empty() {
             execute_all(conn, &mut cmds, &mut out).await;
@@ -148,6 +151,12 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             info.last_active = std::time::Instant::now();
         }
         if !out.is_empty() {
+            // Let every other connection woken in this reactor pass read and execute first, so
+            // replies leave in a burst (as Redis writes all replies before it sleeps): clients
+            // then find many replies per wake-up instead of one.
+            conn.info.borrow_mut().phase = "y";
+            futures_lite::future::yield_now().await;
+            conn.info.borrow_mut().phase = "w";
             stream.write_all(&out).await?;
             shard.stats.net_output_bytes.set(shard.stats.net_output_bytes.get() + out.len() as u64);
             out.clear();

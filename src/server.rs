@@ -82,7 +82,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (addr, fds) = bind_listeners(&config, n)?;
     let global = Arc::new(Global::new(config.clone(), n, addr));
     install_signal_handlers(global.clone());
-    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cpus = allowed_cpus();
     let mesh = (n > 1).then(|| MeshBuilder::<Msg, _>::full(n, MESH_CHANNEL_CAPACITY));
     let drained = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Event>();
@@ -91,9 +91,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let mesh = mesh.clone();
         let drained = drained.clone();
         let ready = tx.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move { shard_main(id, g, mesh, fd, ready, drained).await })
             .map_err(|source| StartError::Executor { shard: id, source })?;
         let done = tx.clone();
@@ -130,6 +131,27 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask, as set by `taskset`, systemd's
+/// `CPUAffinity=` or a cpuset), in ascending order. Shard `i` is pinned to the `i % n`-th of
+/// them: pinning to CPUs outside the mask would put shards on CPUs the operator reserved for
+/// something else (a benchmark client, another service).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask owned by this frame; sched_getaffinity writes at most
+    // `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = if rc == 0 {
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |c| c.get())).collect()
+    } else {
+        cpus
+    }
 }
 
 fn install_signal_handlers(global: Arc<Global>) {

@@ -155,6 +155,9 @@ pub struct ClientInfo {
     pub last_cmd: &'static str,
     pub proto: Protocol,
     pub qbuf: usize,
+    /// Where the connection's task is (`read`, `exec`, `write`): shown as `events=` so a
+    /// stuck connection says where it is stuck.
+    pub phase: &'static str,
 }
 
 impl ClientInfo {
@@ -165,7 +168,7 @@ impl ClientInfo {
         let lib_ver = self.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
         format!(
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
-             qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
+             qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=16384 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events={} \
              cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
@@ -175,6 +178,7 @@ impl ClientInfo {
             self.created.elapsed().as_secs(),
             self.last_active.elapsed().as_secs(),
             self.qbuf,
+            self.phase,
             self.last_cmd,
             self.proto.version(),
             lib_name,
