@@ -681,6 +681,13 @@ impl Worker {
                 return false;
             };
             self.completed += 1;
+            if !self.prefill
+                && now >= self.ctl.warmup_end_ns
+                && now < self.ctl.end_ns.load(Ordering::Relaxed)
+            {
+                let sec = self.sec_of(now);
+                self.stats.record_window_reply(sec);
+            }
             if req.measured {
                 let sec = self.sec_of(now);
                 match err_kind {
@@ -785,10 +792,7 @@ impl Worker {
             return;
         };
         let err = match sock.take_error() {
-            Ok(None) => match sock.peer_addr() {
-                Ok(_) => None,
-                Err(e) => Some(e),
-            },
+            Ok(None) => sock.peer_addr().err(),
             Ok(Some(e)) | Err(e) => Some(e),
         };
         match err {

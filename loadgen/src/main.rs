@@ -664,7 +664,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
     if !(a.percentile > 0.0 && a.percentile < 100.0) {
         return Err(invalid("--percentile must be in (0, 100)".into()));
     }
-    if !(a.max_latency_ms > 0.0) {
+    if a.max_latency_ms.is_nan() || a.max_latency_ms <= 0.0 {
         return Err(invalid("--max-latency-ms must be > 0".into()));
     }
     if a.rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
@@ -842,7 +842,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             },
         ]);
     }
-    print!("{}", report::render_table(&rows));
+    print!("{}", report::render_table_aligned(&rows, &[6]));
     match best {
         Some(b) => println!(
             "\nresult: highest passing rate {}/s (p{} of {} <= {} ms)",

@@ -257,17 +257,28 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
             ""
         }
     );
-    // Lines.
+    // Lines, remembering their screen points for legend placement.
+    let mut screen: Vec<(f64, f64)> = Vec::new();
     for se in series {
         let color = PALETTE[se.color % PALETTE.len()];
         let dash = DASHES[se.dash % DASHES.len()];
         let mut d = String::new();
+        let mut prev: Option<(f64, f64)> = None;
         for &(p, v) in &se.points {
             let Some(x) = x_of_percentile(p) else {
                 continue;
             };
+            let pt = (xmap(x), ymap(v / div));
+            if let Some(a) = prev {
+                for k in 1..8 {
+                    let f = k as f64 / 8.0;
+                    screen.push((a.0 + (pt.0 - a.0) * f, a.1 + (pt.1 - a.1) * f));
+                }
+            }
+            screen.push(pt);
+            prev = Some(pt);
             let cmd = if d.is_empty() { 'M' } else { 'L' };
-            let _ = write!(d, "{cmd}{:.1},{:.1} ", xmap(x), ymap(v / div));
+            let _ = write!(d, "{cmd}{:.1},{:.1} ", pt.0, pt.1);
         }
         if d.is_empty() {
             continue;
@@ -283,9 +294,8 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
             d.trim_end()
         );
     }
-    // Legend (top left, where spectra are low).
-    let lx = LEFT + 14.0;
-    let ly = TOP + 12.0;
+    // Legend: in whichever inside corner the lines cross least (top left first: spectra
+    // usually start low and rise to the right).
     let longest = series
         .iter()
         .map(|s| s.label.chars().count())
@@ -293,6 +303,25 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         .unwrap_or(0) as f64;
     let lw = 52.0 + longest * 7.4;
     let lh = 10.0 + 20.0 * series.len() as f64;
+    let corners = [
+        (LEFT + 14.0, TOP + 12.0),
+        (LEFT + pw - 14.0 - lw, TOP + ph - 12.0 - lh),
+        (LEFT + pw - 14.0 - lw, TOP + 12.0),
+        (LEFT + 14.0, TOP + ph - 12.0 - lh),
+    ];
+    let crossings = |(x, y): (f64, f64)| {
+        screen
+            .iter()
+            .filter(|p| {
+                p.0 >= x - 4.0 && p.0 <= x + lw + 4.0 && p.1 >= y - 4.0 && p.1 <= y + lh + 4.0
+            })
+            .count()
+    };
+    let (lx, ly) = corners
+        .iter()
+        .copied()
+        .min_by_key(|c| crossings(*c))
+        .unwrap_or(corners[0]);
     if !series.is_empty() {
         let _ = writeln!(
             s,

@@ -112,6 +112,13 @@ pub struct Counts {
 pub struct SecondRow {
     /// Second of the measured window (by completion time), starting at 0.
     pub t: usize,
+    /// Length of this bucket: 1 s, or less for a partial last second.
+    pub duration_s: f64,
+    /// Every reply received in this second (server throughput, whatever the request's stamp).
+    pub replies: u64,
+    /// `replies / duration_s`.
+    pub replies_per_s: f64,
+    /// Measured ok replies completing in this second (`set` + `get`).
     pub ops: u64,
     pub set: u64,
     pub get: u64,
@@ -149,7 +156,8 @@ pub struct TargetReport {
     pub window_s: f64,
     pub interrupted: bool,
     pub offered_rate: Option<f64>,
-    /// Completed (ok + error replies) per second of measured window.
+    /// Replies received inside the measured window per second of it: the throughput the
+    /// server actually delivered (in open loop, compare with `offered_rate`).
     pub achieved_rate: f64,
     pub ops: Vec<OpSummary>,
     pub counts: Counts,
@@ -215,6 +223,9 @@ pub fn target_report(
         .enumerate()
         .map(|(t, iv)| SecondRow {
             t,
+            duration_s: iv.dur_s,
+            replies: iv.replies,
+            replies_per_s: iv.replies as f64 / iv.dur_s,
             ops: iv.ok[0] + iv.ok[1],
             set: iv.ok[0],
             get: iv.ok[1],
@@ -244,7 +255,7 @@ pub fn target_report(
         window_s,
         interrupted,
         offered_rate,
-        achieved_rate: per(stats.total_ok() + stats.total_errors()),
+        achieved_rate: per(stats.window_replies),
         ops,
         counts: Counts {
             sent: stats.total_sent(),
@@ -371,6 +382,12 @@ pub fn fmt_count(n: u64) -> String {
 
 /// Render rows as an aligned text table: first column left-aligned, the rest right-aligned.
 pub fn render_table(rows: &[Vec<String>]) -> String {
+    render_table_aligned(rows, &[0])
+}
+
+/// Render rows as an aligned text table; the columns in `left` are left-aligned, the others
+/// right-aligned (numbers).
+pub fn render_table_aligned(rows: &[Vec<String>], left: &[usize]) -> String {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width = |c: usize| {
         rows.iter()
@@ -385,11 +402,13 @@ pub fn render_table(rows: &[Vec<String>]) -> String {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             let pad = widths[c] - cell.chars().count();
-            if c == 0 {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if left.contains(&c) {
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad));
             } else {
-                line.push_str("  ");
                 line.push_str(&" ".repeat(pad));
                 line.push_str(cell);
             }
@@ -482,7 +501,7 @@ pub fn compare_table(targets: &[TargetReport], ratios: &Ratios) -> String {
             rows.push(row);
         }
     }
-    render_table(&rows)
+    render_table_aligned(&rows, &[0, 1])
 }
 
 /// Accounting, errors, persistence and the per-second series of one target, as text lines.
@@ -569,18 +588,18 @@ pub fn details(t: &TargetReport) -> String {
         }
     );
     if !t.per_second.is_empty() {
-        let rates: Vec<f64> = t.per_second.iter().map(|r| r.ops as f64).collect();
+        let rates: Vec<f64> = t.per_second.iter().map(|r| r.replies_per_s).collect();
         let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let max = rates.iter().copied().fold(0.0, f64::max);
         let series = t
             .per_second
             .iter()
-            .map(|r| fmt_rate(r.ops as f64))
+            .map(|r| fmt_rate(r.replies_per_s))
             .collect::<Vec<_>>()
             .join(" ");
         let _ = writeln!(
             s,
-            "per-second ok ops: min {} max {} | {}",
+            "replies/s by second: min {} max {} | {}",
             fmt_rate(min),
             fmt_rate(max),
             series
@@ -615,6 +634,7 @@ mod tests {
         for _ in 0..n {
             s.record_sent(Op::Get);
             s.record_ok(Op::Get, lat_ns, 0);
+            s.record_window_reply(0);
         }
         target_report(
             name,

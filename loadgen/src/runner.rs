@@ -335,6 +335,7 @@ pub fn measure(
         end
     };
     let window_s = window_end.saturating_sub(warmup_ns) as f64 / 1e9;
+    stats.set_window(window_s);
     let persistence = match (&before, &after) {
         (Some(a), Some(b)) => PersistenceDelta::between(a, b),
         _ => PersistenceDelta::default(),

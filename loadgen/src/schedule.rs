@@ -176,17 +176,16 @@ mod tests {
         let mut inflight: VecDeque<(u64, u64, u64)> = VecDeque::new();
         let mut out = Vec::new();
         while now < end_ns || !inflight.is_empty() {
-            while now < end_ns {
-                let Some(stamp) = pacer.next_request(now, inflight.len(), depth) else {
-                    break;
-                };
-                let mut start = now.max(server_free);
-                if start >= stall.0 && start < stall.1 {
-                    start = stall.1;
+            if now < end_ns {
+                while let Some(stamp) = pacer.next_request(now, inflight.len(), depth) {
+                    let mut start = now.max(server_free);
+                    if (stall.0..stall.1).contains(&start) {
+                        start = stall.1;
+                    }
+                    let done = start + service_ns;
+                    server_free = done;
+                    inflight.push_back((stamp, now, done));
                 }
-                let done = start + service_ns;
-                server_free = done;
-                inflight.push_back((stamp, now, done));
             }
             // Next event: a completion or the pacer's next intended time.
             let next_done = inflight.front().map(|r| r.2).unwrap_or(u64::MAX);
@@ -228,7 +227,7 @@ mod tests {
             (45..=60).contains(&open_slow),
             "open-loop slow count {open_slow}"
         );
-        assert!(open_max >= 49 * MS && open_max <= 51 * MS, "max {open_max}");
+        assert!((49 * MS..=51 * MS).contains(&open_max), "max {open_max}");
         // Timing from the actual send hides it: only the one request in flight saw the stall.
         assert_eq!(sent_slow, 1, "send-time latency sees the stall once");
         // The latencies of the queued requests decrease roughly linearly, 1 ms apart.

@@ -36,6 +36,12 @@ fn new_interval_hist() -> Histogram<u64> {
 /// One second of the measurement, by completion time.
 #[derive(Debug, Clone)]
 pub struct Interval {
+    /// Length of this bucket in seconds: 1, except a partial last second of a run (set by
+    /// [`Stats::set_window`]).
+    pub dur_s: f64,
+    /// Every reply received in this second, whatever its stamp (server throughput).
+    pub replies: u64,
+    /// Measured ok replies per op.
     pub ok: [u64; 2],
     pub errors: u64,
     pub hist: Histogram<u64>,
@@ -44,6 +50,8 @@ pub struct Interval {
 impl Interval {
     fn new() -> Interval {
         Interval {
+            dur_s: 1.0,
+            replies: 0,
             ok: [0; 2],
             errors: 0,
             hist: new_interval_hist(),
@@ -69,6 +77,9 @@ pub struct Stats {
     /// Open loop: intended requests of the measurement window never sent (client behind at the
     /// cutoff). Not part of `sent`.
     pub unsent_at_cutoff: u64,
+    /// Replies (ok or error, measured or not) received inside the measured window: the
+    /// server's throughput during the window, including work on requests stamped before it.
+    pub window_replies: u64,
     /// Open loop: how late the client put requests on the wire (send time - intended time).
     pub send_lag: Histogram<u64>,
     /// Per-second series, index = whole seconds since the measurement started.
@@ -93,6 +104,7 @@ impl Stats {
             error_kinds: BTreeMap::new(),
             conn_events: BTreeMap::new(),
             unsent_at_cutoff: 0,
+            window_replies: 0,
             send_lag: new_hist(),
             seconds: Vec::new(),
         }
@@ -104,6 +116,13 @@ impl Stats {
             self.seconds.push(Interval::new());
         }
         &mut self.seconds[sec]
+    }
+
+    /// Record the measured window's length: the last second may be partial.
+    pub fn set_window(&mut self, window_s: f64) {
+        for (i, iv) in self.seconds.iter_mut().enumerate() {
+            iv.dur_s = (window_s - i as f64).clamp(1e-3, 1.0);
+        }
     }
 
     pub fn record_sent(&mut self, op: Op) {
@@ -124,6 +143,12 @@ impl Stats {
         self.errors[op as usize] += 1;
         *self.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
         self.second(sec).errors += 1;
+    }
+
+    /// A reply (of any kind, measured or not) received inside the window, in second `sec`.
+    pub fn record_window_reply(&mut self, sec: usize) {
+        self.window_replies += 1;
+        self.second(sec).replies += 1;
     }
 
     pub fn record_conn_event(&mut self, kind: &str) {
@@ -147,9 +172,12 @@ impl Stats {
             *self.conn_events.entry(k.clone()).or_insert(0) += v;
         }
         self.unsent_at_cutoff += other.unsent_at_cutoff;
+        self.window_replies += other.window_replies;
         add_hist(&mut self.send_lag, &other.send_lag);
         for (i, iv) in other.seconds.iter().enumerate() {
             let mine = self.second(i);
+            mine.dur_s = iv.dur_s;
+            mine.replies += iv.replies;
             mine.ok[0] += iv.ok[0];
             mine.ok[1] += iv.ok[1];
             mine.errors += iv.errors;
