@@ -80,8 +80,8 @@ pub struct SweepArgs {
     /// Which operation's latency is judged.
     #[arg(long, value_enum, default_value_t = SweepOp::All)]
     pub op: SweepOp,
-    /// Explicit rates to test (ops/s total, comma separated). Without it, a step search:
-    /// doubling from --start-rate until a step fails, then bisecting.
+    /// Explicit rates to test (ops/s total, comma separated). Default: none, i.e. a step
+    /// search: doubling from --start-rate until a step fails, then bisecting.
     #[arg(long, value_delimiter = ',', value_name = "R1,R2,...")]
     pub rates: Vec<f64>,
     /// Step search: first rate tried (ops/s).
@@ -116,8 +116,8 @@ pub enum SweepOp {
 /// Closed or open loop (run and compare).
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Open loop at this total rate (ops/s across all connections). Without it: closed loop,
-    /// each connection keeps --pipeline requests outstanding (maximum throughput).
+    /// Open loop at this total rate (ops/s across all connections). Default: none, i.e.
+    /// closed loop: each connection keeps --pipeline requests outstanding (max throughput).
     #[arg(long, value_name = "OPS_PER_S")]
     pub rate: Option<f64>,
     /// Open loop arrival process: poisson (exponential gaps) or uniform (even spacing).
@@ -164,13 +164,15 @@ pub struct CommonArgs {
     /// Expire SET keys after this many seconds (SET ... EX). Default: no expiry.
     #[arg(long)]
     pub ttl_s: Option<u64>,
-    /// Write every key once before measuring (pipelined, not measured).
+    /// Write every key once before measuring (pipelined at least 32 deep, not measured).
+    /// Default: off.
     #[arg(long)]
     pub prefill: bool,
     /// Measured duration in seconds (per run, per round, per sweep step).
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
-    /// Measure this many requests in total instead of a duration.
+    /// Measure this many requests in total instead of a duration; the window then ends at the
+    /// last measured reply. Default: none (use --duration-s).
     #[arg(long, conflicts_with = "duration_s")]
     pub requests: Option<u64>,
     /// Warm-up before each measurement, in seconds (load runs, nothing is recorded).
@@ -196,16 +198,16 @@ pub struct CommonArgs {
     #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
     pub cpus: Vec<usize>,
     /// Write everything (config, provenance, percentiles, spectra, per-second series, errors)
-    /// as JSON to this file.
+    /// as JSON to this file. Default: none.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write a latency percentile spectrum plot (SVG) to this file.
+    /// Write a latency percentile spectrum plot (SVG) to this file. Default: none.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Y axis of the plot.
     #[arg(long, value_enum, default_value_t = PlotScale::Auto)]
     pub plot_scale: PlotScale,
-    /// No progress line on stderr.
+    /// No progress line on stderr. Default: off.
     #[arg(long)]
     pub quiet: bool,
 }

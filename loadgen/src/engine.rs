@@ -164,6 +164,32 @@ struct Conn {
     rbuf: Vec<u8>,
     rpos: usize,
     backoff_ms: u64,
+    /// Consecutive connection failures without a successful (re)connect.
+    failures: u32,
+    /// Stopped trying to reconnect (see [`MAX_CONSECUTIVE_FAILURES`]).
+    gave_up: bool,
+}
+
+/// A connection that failed this many times in a row (about 16 s of back-off) is given up for
+/// the rest of the phase, so a dead target cannot make a `--requests` run hang.
+const MAX_CONSECUTIVE_FAILURES: u32 = 20;
+
+impl Conn {
+    /// Mark the connection down and schedule a reconnect with exponential back-off (50 ms to
+    /// 1 s). Returns true if this failure made it give up.
+    fn go_down(&mut self, now: u64) -> bool {
+        self.state = State::Down {
+            retry_ns: now + self.backoff_ms * 1_000_000,
+        };
+        self.backoff_ms = (self.backoff_ms * 2).min(1000);
+        self.failures += 1;
+        if self.failures >= MAX_CONSECUTIVE_FAILURES && !self.gave_up {
+            self.gave_up = true;
+            self.exhausted = true;
+            return true;
+        }
+        false
+    }
 }
 
 /// Connect once, blocking with a timeout, with `TCP_NODELAY` set.
@@ -342,6 +368,8 @@ impl Worker {
                     rbuf: Vec::with_capacity(64 * 1024),
                     rpos: 0,
                     backoff_ms: 50,
+                    failures: 0,
+                    gave_up: false,
                 }
             })
             .collect();
@@ -408,6 +436,10 @@ impl Worker {
                 for i in 0..self.conns.len() {
                     self.maintain_connection(i, now);
                     self.issue(i, now, end);
+                    // Write at once, so the stamp of a closed-loop request is its send time.
+                    if let Err(e) = self.flush(i) {
+                        self.fail(i, &io_kind(&e), now);
+                    }
                 }
             }
             let all_exhausted = self.conns.iter().all(|c| c.exhausted);
@@ -741,11 +773,11 @@ impl Worker {
         c.wpos = 0;
         c.rbuf.clear();
         c.rpos = 0;
-        c.state = State::Down {
-            retry_ns: now + c.backoff_ms * 1_000_000,
-        };
-        c.backoff_ms = (c.backoff_ms * 2).min(1000);
+        let gave_up = c.go_down(now);
         self.stats.record_conn_event(kind);
+        if gave_up {
+            self.stats.record_conn_event("gave-up");
+        }
         for r in reqs {
             self.completed += 1;
             self.errors += 1;
@@ -758,30 +790,29 @@ impl Worker {
     /// Start reconnecting a dropped connection once its back-off has passed.
     fn maintain_connection(&mut self, i: usize, now: u64) {
         let c = &mut self.conns[i];
-        match &c.state {
+        if c.gave_up {
+            return;
+        }
+        let event = match &c.state {
             State::Down { retry_ns } if now >= *retry_ns => match connect_nonblocking(self.addr) {
                 Ok(sock) => {
                     c.state = State::Connecting {
                         sock,
                         since_ns: now,
-                    }
-                }
-                Err(e) => {
-                    c.state = State::Down {
-                        retry_ns: now + c.backoff_ms * 1_000_000,
                     };
-                    c.backoff_ms = (c.backoff_ms * 2).min(1000);
-                    self.stats
-                        .record_conn_event(&format!("connect:{}", io_kind(&e)));
+                    return;
                 }
+                Err(e) => format!("connect:{}", io_kind(&e)),
             },
             State::Connecting { since_ns, .. } if now > since_ns + 2_000_000_000 => {
-                c.state = State::Down {
-                    retry_ns: now + c.backoff_ms * 1_000_000,
-                };
-                self.stats.record_conn_event("connect:timed-out");
+                "connect:timed-out".to_string()
             }
-            _ => {}
+            _ => return,
+        };
+        let gave_up = c.go_down(now);
+        self.stats.record_conn_event(&event);
+        if gave_up {
+            self.stats.record_conn_event("gave-up");
         }
     }
 
@@ -804,15 +835,16 @@ impl Worker {
                 };
                 c.state = State::Connected(sock.into());
                 c.backoff_ms = 50;
+                c.failures = 0;
                 self.stats.record_conn_event("reconnected");
             }
             Some(e) => {
-                c.state = State::Down {
-                    retry_ns: now + c.backoff_ms * 1_000_000,
-                };
-                c.backoff_ms = (c.backoff_ms * 2).min(1000);
+                let gave_up = c.go_down(now);
                 self.stats
                     .record_conn_event(&format!("connect:{}", io_kind(&e)));
+                if gave_up {
+                    self.stats.record_conn_event("gave-up");
+                }
             }
         }
     }
@@ -841,7 +873,7 @@ impl Worker {
         let from = self.ctl.warmup_end_ns;
         let mut n = 0;
         for c in &mut self.conns {
-            if c.exhausted {
+            if c.exhausted && !c.gave_up {
                 continue;
             }
             let backlog = c.pacer.drain_unsent(from, end);
