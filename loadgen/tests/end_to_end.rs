@@ -1,6 +1,7 @@
-//! End-to-end: the built binary against real `redis-server` processes on ephemeral ports.
+//! End-to-end: the built binary against real `redis-server` processes on ephemeral ports, and
+//! against a tiny in-test RESP server that reports ringcache-style WAL counters.
 //!
-//! Skipped (with a printed reason) when `/usr/bin/redis-server` is not installed.
+//! The redis tests are skipped (with a printed reason) when `/usr/bin/redis-server` is missing.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -354,5 +355,136 @@ fn a_server_dying_mid_run_is_counted_not_dropped() {
     assert!(u(&t["counts"]["ok"]) > 0);
     let events = t["conn_events"].as_object().unwrap();
     assert!(!events.is_empty(), "connection failures recorded");
+    let _ = std::fs::remove_file(json);
+}
+
+/// A minimal fake RESP server with ringcache-style WAL counters in `INFO persistence`:
+/// every SET is one WAL record and every 10th record is an fsync. GETs answer nil.
+fn fake_wal_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let records = Arc::new(AtomicU64::new(0));
+    let stop2 = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let records = records.clone();
+            let stop3 = stop2.clone();
+            std::thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut buf: Vec<u8> = Vec::new();
+                let mut chunk = [0u8; 65536];
+                while !stop3.load(Ordering::Relaxed) {
+                    match s.read(&mut chunk) {
+                        Ok(0) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => continue,
+                    }
+                    let mut out = Vec::new();
+                    while let Some((args, used)) = parse_command(&buf) {
+                        buf.drain(..used);
+                        let name = args.first().map(|a| a.to_ascii_uppercase());
+                        match name.as_deref() {
+                            Some(b"SET") => {
+                                records.fetch_add(1, Ordering::Relaxed);
+                                out.extend_from_slice(b"+OK\r\n");
+                            }
+                            Some(b"GET") => out.extend_from_slice(b"$-1\r\n"),
+                            Some(b"INFO") => {
+                                let r = records.load(Ordering::Relaxed);
+                                let body = format!(
+                                    "# Server\r\nredis_version:7.2.0\r\nringcache_version:0.0.0-fake\r\ndurability:wal-group\r\n# Persistence\r\nwal_records:{r}\r\nwal_fsyncs:{}\r\n",
+                                    r / 10
+                                );
+                                out.extend_from_slice(
+                                    format!("${}\r\n{body}\r\n", body.len()).as_bytes(),
+                                );
+                            }
+                            _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
+                        }
+                    }
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, stop)
+}
+
+/// Parse one `*N\r\n$len\r\narg\r\n...` command; None if incomplete.
+fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let i = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        Some((&buf[at..at + i], at + i + 2))
+    }
+    let (head, mut pos) = line(buf, 0)?;
+    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (len, p) = line(buf, pos)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        if buf.len() < p + len + 2 {
+            return None;
+        }
+        args.push(buf[p..p + len].to_vec());
+        pos = p + len + 2;
+    }
+    Some((args, pos))
+}
+
+#[test]
+fn wal_counters_give_fsyncs_per_second_and_records_per_fsync() {
+    let (port, stop) = fake_wal_server();
+    let json = tmp("wal.json");
+    let out = run(&[
+        "run",
+        "--target",
+        &format!("127.0.0.1:{port}"),
+        "--ratio",
+        "1:1",
+        "--duration-s",
+        "1",
+        "--warmup-s",
+        "0.2",
+        "--connections",
+        "2",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ringcache_version=0.0.0-fake"), "{stdout}");
+    assert!(stdout.contains("durability=wal-group"), "{stdout}");
+    let v = read_json(&json);
+    let t = &v["targets"][0];
+    assert_counts_add_up(t);
+    let fps = t["fsyncs_per_s"].as_f64().expect("fsyncs/s reported");
+    assert!(fps > 0.0, "{fps}");
+    let rpf = t["records_per_fsync"]
+        .as_f64()
+        .expect("records/fsync reported");
+    assert!((rpf - 10.0).abs() < 1.0, "records per fsync {rpf}");
+    assert_eq!(t["persistence"]["fsync_field"], "wal_fsyncs");
+    // Every GET missed on this server.
+    assert!(u(&t["counts"]["get_misses"]) > 0);
     let _ = std::fs::remove_file(json);
 }
