@@ -42,10 +42,65 @@ pub struct Config {
     #[arg(long = "spin-before-park-us", default_value_t = 0)]
     pub spin_before_park_us: u64,
 
+    /// Durability mode: `off` (memory only), `async` (log written at least every
+    /// --wal-flush-interval-ms; a crash loses at most that window) or `sync` (no reply reveals a
+    /// write before it is durable). See docs/DURABILITY.md.
+    #[arg(long, value_enum, default_value = "async")]
+    pub durability: crate::wal::Durability,
+
+    /// Directory for the write-ahead log (created if missing; one server per directory).
+    #[arg(long = "data-dir", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// In `async` mode, the longest a write waits in memory before it is written and synced.
+    #[arg(long = "wal-flush-interval-ms", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub wal_flush_interval_ms: u64,
+
+    /// In `async` mode, pending log bytes that trigger a flush before the interval ends; writers
+    /// wait (backpressure) once twice this much is pending.
+    #[arg(long = "wal-buffer-bytes", default_value_t = 1024 * 1024, value_parser = parse_bytes)]
+    pub wal_buffer_bytes: usize,
+
+    /// Size of each log segment file, preallocated when created (at least 64kb).
+    #[arg(long = "wal-segment-bytes", default_value_t = 64 * 1024 * 1024, value_parser = parse_segment_bytes)]
+    pub wal_segment_bytes: u64,
+
+    /// What to do when the log is damaged in the middle (acknowledged data unreadable):
+    /// `strict` refuses to start and names the file, offset and LSN; `tolerate-corruption`
+    /// keeps the log up to the damage and moves the rest to a `.corrupt` file.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub recovery: RecoveryArg,
+
     /// io_uring buffer memory per shard, in bytes. Small by default so that the common 8 MiB
     /// RLIMIT_MEMLOCK suffices for every shard.
     #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]
     pub io_memory_bytes: usize,
+}
+
+/// `--recovery` values (see [`crate::wal::RecoveryMode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecoveryArg {
+    /// Refuse to start on mid-log corruption.
+    Strict,
+    /// Cut the log at the damage, set the rest aside, start.
+    TolerateCorruption,
+}
+
+impl RecoveryArg {
+    pub fn mode(self) -> crate::wal::RecoveryMode {
+        match self {
+            RecoveryArg::Strict => crate::wal::RecoveryMode::Strict,
+            RecoveryArg::TolerateCorruption => crate::wal::RecoveryMode::TolerateCorruption,
+        }
+    }
+}
+
+fn parse_segment_bytes(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)? as u64;
+    if n < 64 * 1024 || n % 4096 != 0 {
+        return Err(format!("'{s}': a segment must be at least 64kb and a multiple of 4096 bytes"));
+    }
+    Ok(n)
 }
 
 impl Config {

@@ -16,11 +16,10 @@
 //! shards may take effect in either order relative to each other (a client that needs an order
 //! across shards waits for the reply first). Replies are always in order.
 
-use crate::cmd::{self, table::Route, CommandSpec, Exec};
+use crate::cmd::{self, table::Route, CommandSpec};
 use crate::coord;
 use crate::resp::{Limits, Parser, Protocol, ReplyWriter};
 use crate::shard::{ClientInfo, Request, Response, Shard};
-use crate::store::now_ms;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -41,6 +40,9 @@ pub struct Conn {
     pub proto: Protocol,
     /// Close after the replies of this read are written (QUIT, protocol error).
     pub close: bool,
+    /// Close *without* writing the replies: a log failed before the writes they reveal became
+    /// durable, so nothing may be acknowledged (sync mode).
+    pub abort: bool,
 }
 
 /// Replies of one round.
@@ -84,7 +86,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         phase: "r",
     }));
     shard.clients.borrow_mut().insert(id, info.clone());
-    let mut conn = Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false };
+    let mut conn = Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false, abort: false };
     let result = run(&mut conn, stream.buffered_with(glommio::net::Preallocated::new(16 * 1024))).await;
     if let Err(e) = result {
         tracing::debug!(client = id, error = %e, "connection ended with an error");
@@ -151,6 +153,15 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             info.last_active = std::time::Instant::now();
         }
         if !out.is_empty() {
+            if let Err(e) = before_reply(&shard).await {
+                tracing::warn!(client = conn.info.borrow().id, "closing connection without replies: {e}");
+                conn.abort = true;
+            }
+        }
+        if conn.abort {
+            return Ok(());
+        }
+        if !out.is_empty() {
             // Let every other connection woken in this reactor pass read and execute first, so
             // replies leave in a burst (as Redis writes all replies before it sleeps): clients
             // then find many replies per wake-up instead of one.
@@ -174,6 +185,23 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     }
 }
 
+/// What a reply must wait for on this shard's log: in `sync` mode, every record logged so far
+/// (the writes of this pipeline and any write its reads may have observed); in `async` mode,
+/// only backpressure when the log is more than twice its buffer behind.
+async fn before_reply(shard: &Shard) -> Result<(), String> {
+    let Some(w) = shard.wal.as_ref() else {
+        return Ok(());
+    };
+    match w.durability() {
+        crate::wal::Durability::Sync => w.wait_all_durable().await,
+        crate::wal::Durability::Async if w.pending_bytes() > 2 * shard.global.config.wal_buffer_bytes => {
+            let _ = w.wait_all_durable().await;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn limits(conn: &Conn) -> Limits {
     Limits { max_bulk_bytes: conn.shard.global.proto_max_bulk_len.load(Ordering::Relaxed), ..Limits::default() }
 }
@@ -186,7 +214,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
     let mut processed = 0u64;
     let mut last_cmd = "NULL";
     for args in cmds.iter_mut() {
-        if conn.close {
+        if conn.close || conn.abort {
             break;
         }
         let Some(spec) = cmd::lookup(&args[0]) else {
@@ -213,11 +241,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                         let proto = conn.proto;
                         local_reply(&mut round, out, proto, |w| {
                             let mut store = shard.store.borrow_mut();
-                            let mut cx = Exec {
-                                store: &mut store,
-                                now_ms: now_ms(),
-                                max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed),
-                            };
+                            let mut cx = shard.exec(&mut store);
                             cmd::execute_keyed(spec, args, &mut cx, w);
                         });
                     }
@@ -228,19 +252,19 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                         round.has_remote = true;
                     }
                     None => {
-                        flush_round(&shard, conn.proto, &mut round, out).await;
+                        conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
                         let mut w = ReplyWriter::new(out, conn.proto);
                         coord::run_multi(&shard, spec, args, &mut w).await;
                     }
                 }
             }
             Route::Connection => {
-                flush_round(&shard, conn.proto, &mut round, out).await;
+                conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
                 crate::cmd::server::run_connection(conn, spec, args, out).await;
             }
         }
     }
-    flush_round(&shard, conn.proto, &mut round, out).await;
+    conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
     let s = &shard.stats.commands_processed;
     s.set(s.get() + processed);
     conn.info.borrow_mut().last_cmd = last_cmd;
@@ -270,9 +294,9 @@ fn local_reply(round: &mut Round, out: &mut Vec<u8>, proto: Protocol, f: impl Fn
 
 /// Sends every pending batch (all in flight together), waits for the replies and appends all
 /// of the round's replies to `out` in command order.
-async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out: &mut Vec<u8>) {
+async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out: &mut Vec<u8>) -> bool {
     if !round.has_remote {
-        return;
+        return true;
     }
     let mut calls = Vec::new();
     for (s, batch) in round.batches.iter_mut().enumerate() {
@@ -282,10 +306,13 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
         }
     }
     let mut replies: Vec<Option<(Vec<u8>, Vec<u32>)>> = vec![None; round.batches.len()];
+    let mut durable = true;
     for (s, call) in calls {
         if let Some(call) = call {
-            if let Response::Batch { out, ends } = call.await {
-                replies[s] = Some((out, ends));
+            match call.await {
+                Response::Batch { out, ends } => replies[s] = Some((out, ends)),
+                Response::Failed(_) => durable = false,
+                _ => {}
             }
         }
     }
@@ -308,4 +335,5 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
     round.local.clear();
     round.local_ends.clear();
     round.has_remote = false;
+    durable
 }

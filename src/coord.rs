@@ -43,6 +43,43 @@ pub async fn run_multi(shard: &Rc<Shard>, spec: &CommandSpec, args: &[Bytes], ou
         locked.push(s);
     }
     let key = |i: usize| args[i].clone();
+    run_locked(shard, tx, spec, args, &by_shard, &key, out).await;
+    unlock(shard, tx, &locked);
+    // In sync mode the reply waits until every involved shard's log is durable.
+    if shard.sync_wal().is_some() {
+        for &s in &involved {
+            let ok = if s == shard.id {
+                crate::shard::ops::wait_local_durable(shard).await.is_ok()
+            } else {
+                !matches!(shard.call(s, Request::WaitDurable).await, Response::Failed(_) | Response::Unavailable)
+            };
+            if !ok {
+                out.buf.clear();
+                out.error("IOERR the write-ahead log failed before this command was durable");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_locked(
+    shard: &Rc<Shard>,
+    tx: u64,
+    spec: &CommandSpec,
+    args: &[Bytes],
+    by_shard: &BTreeMap<usize, Vec<usize>>,
+    key: &dyn Fn(usize) -> Bytes,
+    out: &mut ReplyWriter<'_>,
+) {
+    // A write is refused before any part runs if a shard's log cannot take writes.
+    if spec.is_write() {
+        for &s in by_shard.keys() {
+            let refusal = if s == shard.id { shard.wal.as_ref().and_then(|w| w.write_refusal()) } else { None };
+            if let Some(r) = refusal {
+                return out.error(&r);
+            }
+        }
+    }
     match spec.name {
         "mget" => {
             let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Mget(idx.iter().map(|&i| key(i)).collect())));
@@ -67,7 +104,6 @@ pub async fn run_multi(shard: &Rc<Shard>, spec: &CommandSpec, args: &[Bytes], ou
             if spec.name == "msetnx" {
                 let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Exists(idx.iter().map(|&i| key(i)).collect())));
                 if sum(parts(shard, tx, ops.collect()).await) > 0 {
-                    unlock(shard, tx, &locked);
                     return out.integer(0);
                 }
             }
@@ -89,12 +125,19 @@ pub async fn run_multi(shard: &Rc<Shard>, spec: &CommandSpec, args: &[Bytes], ou
                 }
             };
             let ops = by_shard.iter().map(|(&s, idx)| (s, mk(idx.iter().map(|&i| key(i)).collect())));
-            out.integer(sum(parts(shard, tx, ops.collect()).await));
+            let results = parts(shard, tx, ops.collect()).await;
+            match refused(&results) {
+                Some(r) => out.error(&r),
+                None => out.integer(sum(results)),
+            }
         }
         "rename" | "renamenx" => rename(shard, tx, args, spec.name == "renamenx", out).await,
         other => out.error(&format!("ERR '{other}' cannot span shards")),
     }
-    unlock(shard, tx, &locked);
+}
+
+fn refused(rs: &[PartResult]) -> Option<String> {
+    rs.iter().find_map(|r| if let PartResult::Refused(e) = r { Some(e.clone()) } else { None })
 }
 
 async fn rename(shard: &Rc<Shard>, tx: u64, args: &[Bytes], nx: bool, out: &mut ReplyWriter<'_>) {
@@ -114,10 +157,19 @@ async fn rename(shard: &Rc<Shard>, tx: u64, args: &[Bytes], nx: bool, out: &mut 
         }
     }
     let taken = parts(shard, tx, vec![(s1, PartOp::Take(src.clone()))]).await;
+    if let Some(r) = refused(&taken) {
+        return out.error(&r);
+    }
     let Some(PartResult::Taken(Some((value, expire_at_ms)))) = taken.into_iter().next() else {
         return out.error(err::NO_SUCH_KEY);
     };
-    parts(shard, tx, vec![(s2, PartOp::Put { key: dst.clone(), value, expire_at_ms })]).await;
+    let put = parts(shard, tx, vec![(s2, PartOp::Put { key: dst.clone(), value: value.clone(), expire_at_ms })]).await;
+    if let Some(r) = refused(&put) {
+        // The destination's log refused: restore the source on its own shard (whose log just
+        // accepted the removal), so the rename fails as a whole and nothing is lost.
+        parts(shard, tx, vec![(s1, PartOp::Put { key: src.clone(), value, expire_at_ms })]).await;
+        return out.error(&r);
+    }
     if nx {
         out.integer(1)
     } else {
@@ -152,6 +204,7 @@ async fn parts(shard: &Rc<Shard>, tx: u64, ops: Vec<(usize, PartOp)>) -> Vec<Par
             Err(local) => local,
             Ok(Some(call)) => match call.await {
                 Response::Part(r) => r,
+                Response::Failed(e) => PartResult::Refused(format!("IOERR {e}")),
                 _ => PartResult::NotLocked,
             },
             Ok(None) => PartResult::NotLocked,

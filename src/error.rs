@@ -15,6 +15,12 @@ pub enum StartError {
     Executor { shard: usize, source: glommio::GlommioError<()> },
     #[error("shard {shard} stopped during startup")]
     ShardExited { shard: usize },
+    #[error("cannot use data directory {dir}: {source} (choose another with --data-dir, or --durability off for memory only)")]
+    DataDir { dir: std::path::PathBuf, source: std::io::Error },
+    #[error("data directory {dir} is locked by another process (is another ringcache running on it? use another --data-dir)")]
+    DataDirLocked { dir: std::path::PathBuf },
+    #[error("recovery failed: {0}")]
+    Recovery(String),
     #[error("invalid option: {0}")]
     Config(String),
 }

@@ -21,11 +21,16 @@ use crate::config::Config;
 use crate::conn;
 use crate::error::StartError;
 use crate::shard::{Global, Msg, Shard, MESH_CHANNEL_CAPACITY};
+use crate::store::Store;
+use crate::wal::file::{probe_direct_io, IoMode};
+use crate::wal::replay::{recover_shard, remove_other_generations, Layout, RecoveryStats};
+use crate::wal::{Durability, LogConfig, Record, RecoveryMode, ShardLog};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -48,12 +53,18 @@ fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
     }
 }
 
-/// Binds `n` listening sockets sharing one address with SO_REUSEPORT.
-fn bind_listeners(config: &Config, n: usize) -> Result<(SocketAddr, Vec<RawFd>), StartError> {
+/// Checks that the address is free with an ordinary socket (no `SO_REUSEPORT`, so another
+/// server's port group is detected) and resolves port 0.
+fn probe_address(config: &Config) -> Result<SocketAddr, StartError> {
     let requested = config.bind;
     let probe = std::net::TcpListener::bind(requested).map_err(|e| bind_error(requested, e))?;
-    let addr = probe.local_addr().map_err(|e| bind_error(requested, e))?;
-    drop(probe);
+    probe.local_addr().map_err(|e| bind_error(requested, e))
+}
+
+/// Binds `n` listening sockets sharing one address with SO_REUSEPORT.
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<RawFd>, StartError> {
+    // Re-check with a plain socket: someone may have taken the port during recovery.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?);
     let mut fds = Vec::with_capacity(n);
     for _ in 0..n {
         let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
@@ -65,37 +76,104 @@ fn bind_listeners(config: &Config, n: usize) -> Result<(SocketAddr, Vec<RawFd>),
         sock.listen(1024).map_err(|e| bind_error(addr, e))?;
         fds.push(sock.into_raw_fd());
     }
-    Ok((addr, fds))
+    Ok(fds)
 }
 
 enum Event {
+    /// A shard finished recovery (its store is loaded, its log open).
+    Recovered(usize, Result<RecoveryStats, String>),
     Ready,
     Exited(usize, Result<(), StartError>),
+}
+
+/// What each shard needs to recover.
+#[derive(Clone)]
+struct RecoveryPlan {
+    data_dir: PathBuf,
+    layout: Option<Layout>,
+    /// Generation the shards write to (the current one, or the next on a layout change).
+    generation: u64,
+    mode: RecoveryMode,
+    io_mode: IoMode,
+}
+
+/// Locks the data directory for this process (released when the process exits).
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir { dir: dir.to_path_buf(), source: e })?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError::DataDir { dir: dir.to_path_buf(), source: e })?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartError::DataDirLocked { dir: dir.to_path_buf() });
+    }
+    Ok(f)
 }
 
 /// Runs the server until shutdown. Returns an error only for startup failures.
 pub fn run(config: Config) -> Result<(), StartError> {
     let n = config.shard_count();
-    if n > 1024 {
-        return Err(StartError::Config(format!("--threads {n} is more than the supported 1024")));
-    }
-    let (addr, fds) = bind_listeners(&config, n)?;
+    // Fail fast on a taken port, before any recovery work.
+    let addr = probe_address(&config)?;
+    let mut _lock = None;
+    let plan = if config.durability != Durability::Off {
+        _lock = Some(lock_data_dir(&config.data_dir)?);
+        let layout = Layout::read(&config.data_dir).map_err(|e| StartError::Recovery(e.to_string()))?;
+        let generation = match layout {
+            Some(l) if l.shards as usize == n => l.generation,
+            Some(l) => l.generation + 1,
+            None => 0,
+        };
+        // Remove leftovers of an interrupted layout change (never the current generation).
+        if let Some(l) = layout {
+            remove_other_generations(&config.data_dir, l.generation)
+                .map_err(|e| StartError::Recovery(e.to_string()))?;
+        }
+        let io_mode = probe_direct_io(&config.data_dir)
+            .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), source: e })?;
+        if io_mode == IoMode::Buffered {
+            tracing::warn!(dir = %config.data_dir.display(), "O_DIRECT is not supported here (tmpfs or FUSE?): the log uses buffered writes with fdatasync");
+        }
+        if let Some(l) = layout {
+            if l.shards as usize != n {
+                tracing::info!(from = l.shards, to = n, "shard count changed: re-routing the log to the new shards");
+            }
+        }
+        Some(RecoveryPlan {
+            data_dir: config.data_dir.clone(),
+            layout,
+            generation,
+            mode: config.recovery.mode(),
+            io_mode,
+        })
+    } else {
+        None
+    };
     let global = Arc::new(Global::new(config.clone(), n, addr));
     install_signal_handlers(global.clone());
     let cpus = allowed_cpus();
     let mesh = (n > 1).then(|| MeshBuilder::<Msg, _>::full(n, MESH_CHANNEL_CAPACITY));
     let drained = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Event>();
-    for (id, fd) in fds.into_iter().enumerate() {
+    let mut fd_senders = Vec::with_capacity(n);
+    for id in 0..n {
         let g = global.clone();
         let mesh = mesh.clone();
         let drained = drained.clone();
-        let ready = tx.clone();
+        let events = tx.clone();
+        let plan = plan.clone();
+        let (fd_tx, fd_rx) = mpsc::channel::<RawFd>();
+        fd_senders.push(fd_tx);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
-            .spawn(move || async move { shard_main(id, g, mesh, fd, ready, drained).await })
+            .spawn(move || async move { shard_main(id, g, mesh, plan, fd_rx, events, drained).await })
             .map_err(|source| StartError::Executor { shard: id, source })?;
         let done = tx.clone();
         std::thread::spawn(move || {
@@ -107,14 +185,46 @@ pub fn run(config: Config) -> Result<(), StartError> {
         });
     }
     drop(tx);
-    let mut ready = 0;
-    let mut exited = 0;
+    let (mut recovered, mut ready, mut exited) = (0, 0, 0);
     while let Ok(ev) = rx.recv() {
         match ev {
+            Event::Recovered(id, r) => {
+                let stats = r.map_err(|e| StartError::Recovery(format!("shard {id}: {e}")))?;
+                if plan.is_some() {
+                    tracing::info!(
+                        shard = id,
+                        segments = stats.segments,
+                        records = stats.records,
+                        bytes = stats.bytes_read,
+                        torn = stats.torn_tails,
+                        corrupt = stats.corrupt_segments,
+                        keys = stats.keys_loaded,
+                        ms = stats.duration_ms,
+                        "recovered"
+                    );
+                }
+                recovered += 1;
+                if recovered == n {
+                    // Every shard's log is open and durable in the target generation: commit
+                    // the layout (the commit point of a shard-count change), then open the port.
+                    if let Some(p) = &plan {
+                        let layout = Layout { shards: n as u32, generation: p.generation };
+                        if p.layout != Some(layout) {
+                            layout.write(&p.data_dir).map_err(|e| StartError::Recovery(e.to_string()))?;
+                            remove_other_generations(&p.data_dir, p.generation)
+                                .map_err(|e| StartError::Recovery(e.to_string()))?;
+                        }
+                    }
+                    let fds = bind_listeners(addr, n)?;
+                    for (fd, s) in fds.into_iter().zip(&fd_senders) {
+                        let _ = s.send(fd);
+                    }
+                }
+            }
             Event::Ready => {
                 ready += 1;
                 if ready == n {
-                    tracing::info!(shards = n, "ready: listening on {addr}");
+                    tracing::info!(shards = n, durability = ?config.durability, "ready: listening on {addr}");
                 }
             }
             Event::Exited(id, r) => {
@@ -174,8 +284,9 @@ async fn shard_main(
     id: usize,
     global: Arc<Global>,
     mesh: Option<MeshBuilder<Msg, glommio::channels::channel_mesh::Full>>,
-    fd: RawFd,
-    ready: mpsc::Sender<Event>,
+    plan: Option<RecoveryPlan>,
+    fd_rx: mpsc::Receiver<RawFd>,
+    events: mpsc::Sender<Event>,
     drained: Arc<AtomicUsize>,
 ) {
     let n = global.shards;
@@ -183,21 +294,40 @@ async fn shard_main(
         Some(m) => match m.join().await {
             Ok((s, r)) => (Some(s), Some(r)),
             Err(e) => {
-                tracing::error!(shard = id, "cannot join the shard mesh: {e}");
+                let _ = events.send(Event::Recovered(id, Err(format!("cannot join the shard mesh: {e}"))));
                 return;
             }
         },
         None => (None, None),
     };
-    let shard = Shard::new(id, global.clone(), senders);
+    let mut store = Store::new(rand::random());
+    let (wal, stats) = match &plan {
+        None => (None, RecoveryStats::default()),
+        Some(p) => match recover(id, n, &global.config, p, &mut store).await {
+            Ok((wal, stats)) => (Some(wal), stats),
+            Err(e) => {
+                let _ = events.send(Event::Recovered(id, Err(e)));
+                return;
+            }
+        },
+    };
+    let _ = events.send(Event::Recovered(id, Ok(stats.clone())));
+    let shard = Shard::new(id, global.clone(), senders, store, wal.clone(), stats);
+    // Wait for the listener: it is bound only once every shard has recovered. The executor
+    // has nothing else to do meanwhile.
+    let Ok(fd) = fd_rx.recv() else {
+        return;
+    };
     if let Some(r) = receivers {
         shard.start_receivers(r);
     }
+    let flusher_stop = Rc::new(crate::shard::LocalEvent::default());
+    let flusher = wal.map(|w| glommio::spawn_local(w.run_flusher(flusher_stop.clone())));
     // SAFETY: `fd` is a listening socket created for this shard and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     glommio::spawn_local(cron(shard.clone())).detach();
     let accept = glommio::spawn_local(accept_loop(shard.clone(), listener));
-    let _ = ready.send(Event::Ready);
+    let _ = events.send(Event::Ready);
     shard.shutdown.wait().await;
     accept.await;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -208,6 +338,61 @@ async fn shard_main(
     while drained.load(Ordering::SeqCst) < n && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // Everything acknowledged or not, flush what is pending before exiting.
+    flusher_stop.set();
+    if let Some(f) = flusher {
+        f.await;
+    }
+}
+
+/// Recovers this shard's store and opens its log for writing.
+async fn recover(
+    id: usize,
+    n: usize,
+    config: &Config,
+    plan: &RecoveryPlan,
+    store: &mut Store,
+) -> Result<(Rc<ShardLog>, RecoveryStats), String> {
+    let mut stats =
+        recover_shard(&plan.data_dir, plan.layout, id as u32, n as u32, plan.mode, store).map_err(|e| e.to_string())?;
+    let dir = Layout::shard_dir(&plan.data_dir, plan.generation, id as u32);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    for d in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
+        crate::wal::file::sync_dir(d).map_err(|e| format!("fsync {}: {e}", d.display()))?;
+    }
+    let rewrite = plan.layout.is_some_and(|l| l.generation != plan.generation);
+    let next_lsn = if rewrite { 1 } else { stats.next_lsn.max(1) };
+    let cfg = LogConfig {
+        dir,
+        shard_id: id as u32,
+        shard_count: n as u32,
+        durability: config.durability,
+        io_mode: plan.io_mode,
+        segment_bytes: config.wal_segment_bytes,
+        buffer_bytes: config.wal_buffer_bytes,
+        flush_interval_ms: config.wal_flush_interval_ms,
+    };
+    let wal = ShardLog::new(cfg, next_lsn);
+    if rewrite {
+        // A new generation: write the whole recovered state as its log, durably, before the
+        // layout switches to it.
+        let now = crate::store::now_ms();
+        let mut cursor = 0;
+        loop {
+            cursor = store.scan(cursor, now, |e| {
+                wal.append(&Record::Set { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() });
+            });
+            if wal.pending_bytes() >= config.wal_buffer_bytes.max(1 << 20) {
+                wal.flush_now().await.map_err(|e| format!("write rewritten log: {e}"))?;
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+        wal.flush_now().await.map_err(|e| format!("write rewritten log: {e}"))?;
+        stats.next_lsn = wal.durable_lsn();
+    }
+    Ok((wal, stats))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -270,6 +455,13 @@ async fn cron(shard: Rc<Shard>) {
         loop {
             expired.clear();
             let (seen, removed) = store.active_expire(crate::store::now_ms(), 64, &mut expired);
+            // Keys removed by the active cycle are logged as deletions, so replay does not
+            // depend on clocks to drop them.
+            if let Some(w) = &shard.wal {
+                for k in &expired {
+                    w.append(&Record::Del { key: k });
+                }
+            }
             if seen == 0 || removed * 10 < seen || start.elapsed() > Duration::from_micros(EXPIRE_BUDGET_US) {
                 break;
             }

@@ -49,12 +49,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// A target as NAME=HOST:PORT; give two or more. Ratios are against the first.
-    #[arg(
-        long = "target",
-        value_name = "NAME=HOST:PORT",
-        required = true,
-        num_args = 1
-    )]
+    #[arg(long = "target", value_name = "NAME=HOST:PORT", required = true, num_args = 1)]
     pub targets: Vec<String>,
     /// Rounds; each round runs every target once, in alternating order (A B, then B A, ...)
     /// so that drift on the machine does not favour one target.
@@ -259,18 +254,8 @@ mod tests {
 
     #[test]
     fn help_mentions_defaults() {
-        let help = Cli::command()
-            .find_subcommand_mut("run")
-            .unwrap()
-            .render_long_help()
-            .to_string();
-        for opt in [
-            "--pipeline",
-            "--ratio",
-            "--warmup-s",
-            "--arrival",
-            "--drain-timeout-ms",
-        ] {
+        let help = Cli::command().find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        for opt in ["--pipeline", "--ratio", "--warmup-s", "--arrival", "--drain-timeout-ms"] {
             assert!(help.contains(opt), "{opt} missing from help");
         }
         assert!(help.contains("[default: 1:10]"));

@@ -178,9 +178,7 @@ impl Conn {
     /// Mark the connection down and schedule a reconnect with exponential back-off (50 ms to
     /// 1 s). Returns true if this failure made it give up.
     fn go_down(&mut self, now: u64) -> bool {
-        self.state = State::Down {
-            retry_ns: now + self.backoff_ms * 1_000_000,
-        };
+        self.state = State::Down { retry_ns: now + self.backoff_ms * 1_000_000 };
         self.backoff_ms = (self.backoff_ms * 2).min(1000);
         self.failures += 1;
         if self.failures >= MAX_CONSECUTIVE_FAILURES && !self.gave_up {
@@ -233,10 +231,7 @@ fn pin_to(cpu: usize) {
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!(
-                "warning: cannot pin client thread to cpu {cpu}: {}",
-                io::Error::last_os_error()
-            );
+            eprintln!("warning: cannot pin client thread to cpu {cpu}: {}", io::Error::last_os_error());
         }
     }
 }
@@ -259,12 +254,8 @@ pub fn start_phase(
     ctl: Arc<Control>,
     stop_flag: Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<WorkerResult>>> {
-    let value = Arc::new(make_value(
-        derive_seed(spec.seed, u64::MAX, 0),
-        spec.value_bytes,
-    ));
-    let mut per_thread: Vec<Vec<(usize, TcpStream)>> =
-        (0..spec.threads).map(|_| Vec::new()).collect();
+    let value = Arc::new(make_value(derive_seed(spec.seed, u64::MAX, 0), spec.value_bytes));
+    let mut per_thread: Vec<Vec<(usize, TcpStream)>> = (0..spec.threads).map(|_| Vec::new()).collect();
     for (i, s) in streams.into_iter().enumerate() {
         s.set_nonblocking(true)?;
         per_thread[i % spec.threads].push((i, s));
@@ -339,11 +330,7 @@ impl Worker {
                     _ => Pacer::Closed,
                 };
                 let source = if prefill {
-                    Source::Prefill {
-                        next: i as u64,
-                        step: spec.connections as u64,
-                        end: spec.keys,
-                    }
+                    Source::Prefill { next: i as u64, step: spec.connections as u64, end: spec.keys }
                 } else {
                     Source::Workload(Generator::new(
                         derive_seed(spec.seed, spec.round, i as u64),
@@ -377,18 +364,11 @@ impl Worker {
             conns,
             addr: spec.addr,
             // Prefill is not measured: pipeline it at least 32 deep so it is quick.
-            depth: if prefill {
-                spec.pipeline.max(PREFILL_MIN_PIPELINE)
-            } else {
-                spec.pipeline
-            },
+            depth: if prefill { spec.pipeline.max(PREFILL_MIN_PIPELINE) } else { spec.pipeline },
             prefix: spec.key_prefix.as_bytes().to_vec(),
             value,
             ttl_s: spec.ttl_s,
-            limits: Limits {
-                max_bulk_bytes: (spec.value_bytes * 2).max(64 * 1024 * 1024),
-                ..Limits::default()
-            },
+            limits: Limits { max_bulk_bytes: (spec.value_bytes * 2).max(64 * 1024 * 1024), ..Limits::default() },
             timeout_ns: spec.timeout.as_nanos() as u64,
             drain_timeout_ns: spec.drain_timeout.as_nanos() as u64,
             ctl,
@@ -406,11 +386,7 @@ impl Worker {
     /// drain (after the window's end) are folded into the window's last second.
     fn sec_of(&self, t_ns: u64) -> usize {
         let end = self.ctl.end_ns.load(Ordering::Relaxed);
-        let t = if end != u64::MAX && end > self.ctl.warmup_end_ns {
-            t_ns.min(end - 1)
-        } else {
-            t_ns
-        };
+        let t = if end != u64::MAX && end > self.ctl.warmup_end_ns { t_ns.min(end - 1) } else { t_ns };
         (t.saturating_sub(self.ctl.warmup_end_ns) / 1_000_000_000) as usize
     }
 
@@ -505,11 +481,7 @@ impl Worker {
                         wake = wake.min(f.sent_ns + self.timeout_ns);
                     }
                 }
-                pollfds.push(libc::pollfd {
-                    fd,
-                    events,
-                    revents: 0,
-                });
+                pollfds.push(libc::pollfd { fd, events, revents: 0 });
                 poll_idx.push(i);
             }
             let now2 = self.ctl.now_ns();
@@ -519,21 +491,11 @@ impl Worker {
                 tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
             };
             // SAFETY: pollfds is a valid, exclusively borrowed array of pollfd of that length.
-            let n = unsafe {
-                libc::ppoll(
-                    pollfds.as_mut_ptr(),
-                    pollfds.len() as libc::nfds_t,
-                    &ts,
-                    std::ptr::null(),
-                )
-            };
+            let n = unsafe { libc::ppoll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!(
-                        "warning: ppoll failed in client thread {}: {e}",
-                        self.thread
-                    );
+                    eprintln!("warning: ppoll failed in client thread {}: {e}", self.thread);
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 continue;
@@ -564,10 +526,7 @@ impl Worker {
         }
         self.count_unsent();
         self.publish(0);
-        WorkerResult {
-            stats: self.stats,
-            last_completion_ns: self.last_completion_ns,
-        }
+        WorkerResult { stats: self.stats, last_completion_ns: self.last_completion_ns }
     }
 
     fn publish(&self, inflight: usize) {
@@ -606,23 +565,14 @@ impl Worker {
                 }
                 self.stats.record_sent(op);
                 if let Pacer::Open(_) = c.pacer {
-                    self.stats
-                        .send_lag
-                        .saturating_record(now.saturating_sub(stamp));
+                    self.stats.send_lag.saturating_record(now.saturating_sub(stamp));
                 }
             }
             match op {
                 Op::Get => resp::encode_get(&mut c.wbuf, &self.prefix, key),
-                Op::Set => {
-                    resp::encode_set(&mut c.wbuf, &self.prefix, key, &self.value, self.ttl_s)
-                }
+                Op::Set => resp::encode_set(&mut c.wbuf, &self.prefix, key, &self.value, self.ttl_s),
             }
-            c.inflight.push_back(InFlight {
-                op,
-                stamp_ns: stamp,
-                sent_ns: now,
-                measured,
-            });
+            c.inflight.push_back(InFlight { op, stamp_ns: stamp, sent_ns: now, measured });
         }
     }
 
@@ -695,28 +645,19 @@ impl Worker {
                     (kind, used, matches!(reply, Reply::Nil))
                 }
                 Err(e) => {
-                    eprintln!(
-                        "warning: protocol error from {} (connection dropped): {e}",
-                        self.addr
-                    );
+                    eprintln!("warning: protocol error from {} (connection dropped): {e}", self.addr);
                     self.fail(i, "protocol", now);
                     return false;
                 }
             };
             c.rpos += used;
             let Some(req) = c.inflight.pop_front() else {
-                eprintln!(
-                    "warning: reply with no request outstanding from {} (connection dropped)",
-                    self.addr
-                );
+                eprintln!("warning: reply with no request outstanding from {} (connection dropped)", self.addr);
                 self.fail(i, "protocol:unsolicited", now);
                 return false;
             };
             self.completed += 1;
-            if !self.prefill
-                && now >= self.ctl.warmup_end_ns
-                && now < self.ctl.end_ns.load(Ordering::Relaxed)
-            {
+            if !self.prefill && now >= self.ctl.warmup_end_ns && now < self.ctl.end_ns.load(Ordering::Relaxed) {
                 let sec = self.sec_of(now);
                 self.stats.record_window_reply(sec);
             }
@@ -731,8 +672,7 @@ impl Worker {
                         if is_nil && req.op == Op::Get {
                             self.stats.get_misses += 1;
                         }
-                        self.stats
-                            .record_ok(req.op, now.saturating_sub(req.stamp_ns), sec);
+                        self.stats.record_ok(req.op, now.saturating_sub(req.stamp_ns), sec);
                     }
                 }
                 self.last_completion_ns = self.last_completion_ns.max(now);
@@ -755,10 +695,7 @@ impl Worker {
         if self.timeout_ns == 0 {
             return;
         }
-        let late = self.conns[i]
-            .inflight
-            .front()
-            .is_some_and(|f| now >= f.sent_ns + self.timeout_ns);
+        let late = self.conns[i].inflight.front().is_some_and(|f| now >= f.sent_ns + self.timeout_ns);
         if late {
             self.fail(i, "timeout", now);
         }
@@ -796,17 +733,12 @@ impl Worker {
         let event = match &c.state {
             State::Down { retry_ns } if now >= *retry_ns => match connect_nonblocking(self.addr) {
                 Ok(sock) => {
-                    c.state = State::Connecting {
-                        sock,
-                        since_ns: now,
-                    };
+                    c.state = State::Connecting { sock, since_ns: now };
                     return;
                 }
                 Err(e) => format!("connect:{}", io_kind(&e)),
             },
-            State::Connecting { since_ns, .. } if now > since_ns + 2_000_000_000 => {
-                "connect:timed-out".to_string()
-            }
+            State::Connecting { since_ns, .. } if now > since_ns + 2_000_000_000 => "connect:timed-out".to_string(),
             _ => return,
         };
         let gave_up = c.go_down(now);
@@ -828,8 +760,7 @@ impl Worker {
         };
         match err {
             None => {
-                let State::Connecting { sock, .. } =
-                    std::mem::replace(&mut c.state, State::Down { retry_ns: 0 })
+                let State::Connecting { sock, .. } = std::mem::replace(&mut c.state, State::Down { retry_ns: 0 })
                 else {
                     return;
                 };
@@ -840,8 +771,7 @@ impl Worker {
             }
             Some(e) => {
                 let gave_up = c.go_down(now);
-                self.stats
-                    .record_conn_event(&format!("connect:{}", io_kind(&e)));
+                self.stats.record_conn_event(&format!("connect:{}", io_kind(&e)));
                 if gave_up {
                     self.stats.record_conn_event("gave-up");
                 }

@@ -62,24 +62,15 @@ impl ControlConn {
         let stream = connect_blocking(addr, timeout)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        Ok(ControlConn {
-            stream,
-            buf: Vec::new(),
-            addr,
-        })
+        Ok(ControlConn { stream, buf: Vec::new(), addr })
     }
 
     /// Send one command and wait (at most 5 s) for its reply.
     pub fn command(&mut self, args: &[&[u8]]) -> io::Result<Owned> {
         let mut out = Vec::new();
         resp::encode_command(&mut out, args);
-        self.stream
-            .write_all(&out)
-            .map_err(|e| io::Error::new(e.kind(), format!("sending to {}: {e}", self.addr)))?;
-        let limits = Limits {
-            max_bulk_bytes: 16 * 1024 * 1024,
-            ..Limits::default()
-        };
+        self.stream.write_all(&out).map_err(|e| io::Error::new(e.kind(), format!("sending to {}: {e}", self.addr)))?;
+        let limits = Limits { max_bulk_bytes: 16 * 1024 * 1024, ..Limits::default() };
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -98,14 +89,12 @@ impl ControlConn {
                 }
             }
             if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no reply from {} within 5 s", self.addr),
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no reply from {} within 5 s", self.addr)));
             }
-            let n = self.stream.read(&mut chunk).map_err(|e| {
-                io::Error::new(e.kind(), format!("reading from {}: {e}", self.addr))
-            })?;
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .map_err(|e| io::Error::new(e.kind(), format!("reading from {}: {e}", self.addr)))?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -125,9 +114,7 @@ impl ControlConn {
         match reply {
             Owned::Text(t) => Ok(parse_info(&t)),
             Owned::Error(e) => Err(io::Error::other(format!("INFO refused: {e}"))),
-            other => Err(io::Error::other(format!(
-                "unexpected INFO reply: {other:?}"
-            ))),
+            other => Err(io::Error::other(format!("unexpected INFO reply: {other:?}"))),
         }
     }
 }
@@ -174,8 +161,7 @@ pub fn target_info(addr: SocketAddr, timeout: Duration) -> TargetInfo {
     if !out.fields.contains_key("appendfsync") && out.fields.contains_key("aof_enabled") {
         if let Ok(Owned::Array(v)) = conn.command(&[b"CONFIG", b"GET", b"appendfsync"]) {
             if let [Owned::Text(_), Owned::Text(val)] = v.as_slice() {
-                out.fields
-                    .insert("appendfsync".to_string(), format!("{val} (CONFIG GET)"));
+                out.fields.insert("appendfsync".to_string(), format!("{val} (CONFIG GET)"));
             }
         }
     }
@@ -192,19 +178,11 @@ pub struct PersistenceSample {
 pub fn persistence_sample(addr: SocketAddr, timeout: Duration) -> Option<PersistenceSample> {
     let mut c = ControlConn::connect(addr, timeout).ok()?;
     let fields = c.info(Some("persistence")).ok()?;
-    Some(PersistenceSample {
-        at: Instant::now(),
-        fields,
-    })
+    Some(PersistenceSample { at: Instant::now(), fields })
 }
 
 fn counter(fields: &BTreeMap<String, String>, names: &[&str]) -> Option<(String, u64)> {
-    names.iter().find_map(|n| {
-        fields
-            .get(*n)
-            .and_then(|v| v.parse().ok())
-            .map(|v| (n.to_string(), v))
-    })
+    names.iter().find_map(|n| fields.get(*n).and_then(|v| v.parse().ok()).map(|v| (n.to_string(), v)))
 }
 
 /// Change of the WAL counters across the measured window.
@@ -248,9 +226,7 @@ impl PersistenceDelta {
     }
 
     pub fn fsyncs_per_s(&self) -> Option<f64> {
-        self.fsyncs
-            .filter(|_| self.seconds > 0.0)
-            .map(|f| f as f64 / self.seconds)
+        self.fsyncs.filter(|_| self.seconds > 0.0).map(|f| f as f64 / self.seconds)
     }
 
     pub fn records_per_fsync(&self) -> Option<f64> {
@@ -295,16 +271,11 @@ pub fn client_info() -> ClientInfo {
 
 /// The exact command line, shell-quoted where needed so it can be pasted back.
 pub fn command_line() -> String {
-    std::env::args()
-        .map(|a| shell_quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" ")
 }
 
 fn shell_quote(a: &str) -> String {
-    let safe = !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
+    let safe = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
     if safe {
         a.to_string()
     } else {
@@ -318,7 +289,8 @@ mod tests {
 
     #[test]
     fn info_text_parses() {
-        let m = parse_info("# Server\r\nredis_version:7.0.15\r\n\r\n# Persistence\r\naof_enabled:0\r\nwal_fsyncs:10\r\n");
+        let m =
+            parse_info("# Server\r\nredis_version:7.0.15\r\n\r\n# Persistence\r\naof_enabled:0\r\nwal_fsyncs:10\r\n");
         assert_eq!(m.get("redis_version").map(String::as_str), Some("7.0.15"));
         assert_eq!(m.get("aof_enabled").map(String::as_str), Some("0"));
         assert_eq!(m.len(), 3);
@@ -329,16 +301,10 @@ mod tests {
         let t = Instant::now();
         let mk = |at, f: &[(&str, &str)]| PersistenceSample {
             at,
-            fields: f
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            fields: f.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         };
         let a = mk(t, &[("wal_fsyncs", "100"), ("wal_records", "1000")]);
-        let b = mk(
-            t + Duration::from_secs(2),
-            &[("wal_fsyncs", "300"), ("wal_records", "5000")],
-        );
+        let b = mk(t + Duration::from_secs(2), &[("wal_fsyncs", "300"), ("wal_records", "5000")]);
         let d = PersistenceDelta::between(&a, &b);
         assert_eq!(d.fsyncs_per_s(), Some(100.0));
         assert_eq!(d.records_per_fsync(), Some(20.0));

@@ -42,12 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let stop = Arc::new(AtomicBool::new(false));
     // First Ctrl-C: stop early and report. Second: exit at once.
-    let sig = signal_hook::flag::register_conditional_shutdown(
-        signal_hook::consts::SIGINT,
-        130,
-        stop.clone(),
-    )
-    .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()));
+    let sig = signal_hook::flag::register_conditional_shutdown(signal_hook::consts::SIGINT, 130, stop.clone())
+        .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone()));
     if let Err(e) = sig {
         eprintln!("warning: cannot install the Ctrl-C handler: {e}");
     }
@@ -103,11 +99,7 @@ fn config_json(c: &CommonArgs, load: Load, seed: u64, rounds: Option<usize>) -> 
         value_bytes: c.value_bytes,
         ttl_s: c.ttl_s,
         prefill: c.prefill,
-        duration_s: if c.requests.is_none() {
-            Some(c.duration_s)
-        } else {
-            None
-        },
+        duration_s: if c.requests.is_none() { Some(c.duration_s) } else { None },
         requests: c.requests,
         warmup_s: c.warmup_s,
         seed,
@@ -176,10 +168,7 @@ struct Output {
 fn load_of(l: &LoadArgs) -> Result<Load, String> {
     match l.rate {
         None => Ok(Load::Closed),
-        Some(r) if r > 0.0 && r.is_finite() => Ok(Load::Open {
-            rate: r,
-            arrival: l.arrival,
-        }),
+        Some(r) if r > 0.0 && r.is_finite() => Ok(Load::Open { rate: r, arrival: l.arrival }),
         Some(r) => Err(format!("--rate {r}: must be > 0")),
     }
 }
@@ -233,30 +222,15 @@ fn print_header(
 ) {
     println!("ringcache-loadgen {} {command}", env!("CARGO_PKG_VERSION"));
     println!("command:  {}", info::command_line());
-    println!(
-        "client:   {} ({} CPUs), {}, cpu {}",
-        client.hostname, client.nproc, client.kernel, client.cpu_model
-    );
+    println!("client:   {} ({} CPUs), {}, cpu {}", client.hostname, client.nproc, client.kernel, client.cpu_model);
     for (t, i) in targets {
         let fields = if i.fields.is_empty() {
             "no identifying INFO fields".to_string()
         } else {
-            i.fields
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            i.fields.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         };
-        let err = i
-            .error
-            .as_ref()
-            .map(|e| format!(" (INFO unavailable: {e})"))
-            .unwrap_or_default();
-        let name = if t.name == t.addr_text {
-            t.name.clone()
-        } else {
-            format!("{} {}", t.name, t.addr_text)
-        };
+        let err = i.error.as_ref().map(|e| format!(" (INFO unavailable: {e})")).unwrap_or_default();
+        let name = if t.name == t.addr_text { t.name.clone() } else { format!("{} {}", t.name, t.addr_text) };
         println!("target:   {name}  {fields}{err}");
     }
     println!("workload: {}", workload_text(c));
@@ -288,20 +262,12 @@ fn note_for(load: Load) -> String {
 }
 
 fn ensure_connectable(t: &Target, c: &CommonArgs) -> io::Result<()> {
-    engine::connect_blocking(
-        t.addr,
-        std::time::Duration::from_millis(c.connect_timeout_ms),
-    )
-    .map(|_| ())
-    .map_err(|e| io::Error::new(e.kind(), format!("target {}: {e}", t.name)))
+    engine::connect_blocking(t.addr, std::time::Duration::from_millis(c.connect_timeout_ms))
+        .map(|_| ())
+        .map_err(|e| io::Error::new(e.kind(), format!("target {}: {e}", t.name)))
 }
 
-fn do_prefill(
-    c: &CommonArgs,
-    t: &Target,
-    seed: u64,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<Option<PrefillSummary>> {
+fn do_prefill(c: &CommonArgs, t: &Target, seed: u64, stop: &Arc<AtomicBool>) -> io::Result<Option<PrefillSummary>> {
     if !c.prefill {
         return Ok(None);
     }
@@ -346,25 +312,11 @@ impl Acc {
         self.rounds.push(RoundRow {
             round,
             window_s: m.window_s,
-            ops_per_s: if m.window_s > 0.0 {
-                m.stats.total_ok() as f64 / m.window_s
-            } else {
-                0.0
-            },
-            p99_us: if all.is_empty() {
-                0.0
-            } else {
-                report::ns_to_us(all.value_at_quantile(0.99))
-            },
+            ops_per_s: if m.window_s > 0.0 { m.stats.total_ok() as f64 / m.window_s } else { 0.0 },
+            p99_us: if all.is_empty() { 0.0 } else { report::ns_to_us(all.value_at_quantile(0.99)) },
         });
     }
-    fn report(
-        self,
-        t: &Target,
-        info: TargetInfo,
-        prefill: Option<PrefillSummary>,
-        load: Load,
-    ) -> TargetReport {
+    fn report(self, t: &Target, info: TargetInfo, prefill: Option<PrefillSummary>, load: Load) -> TargetReport {
         report::target_report(
             &t.name,
             &t.addr_text,
@@ -387,10 +339,7 @@ fn cmd_run(target: String, l: LoadArgs, c: CommonArgs, stop: &Arc<AtomicBool>) -
     runner::validate(&c).map_err(invalid)?;
     let load = load_of(&l).map_err(invalid)?;
     let t = runner::resolve("target", &target)?;
-    let t = Target {
-        name: t.addr_text.clone(),
-        ..t
-    };
+    let t = Target { name: t.addr_text.clone(), ..t };
     cmd_compare_targets(vec![t], 1, load, c, stop, "run")
 }
 
@@ -404,17 +353,12 @@ fn cmd_compare(
     runner::validate(&c).map_err(invalid)?;
     let load = load_of(&l).map_err(invalid)?;
     if targets.len() < 2 {
-        return Err(invalid(
-            "compare needs at least two --target NAME=HOST:PORT".into(),
-        ));
+        return Err(invalid("compare needs at least two --target NAME=HOST:PORT".into()));
     }
     if rounds == 0 {
         return Err(invalid("--rounds must be at least 1".into()));
     }
-    let ts = targets
-        .iter()
-        .map(|s| runner::parse_named(s))
-        .collect::<io::Result<Vec<_>>>()?;
+    let ts = targets.iter().map(|s| runner::parse_named(s)).collect::<io::Result<Vec<_>>>()?;
     let mut names = std::collections::BTreeSet::new();
     for t in &ts {
         if !names.insert(t.name.clone()) {
@@ -439,10 +383,7 @@ fn cmd_compare_targets(
         ensure_connectable(t, &c)?;
     }
     let timeout = std::time::Duration::from_millis(c.connect_timeout_ms);
-    let infos: Vec<TargetInfo> = ts
-        .iter()
-        .map(|t| info::target_info(t.addr, timeout))
-        .collect();
+    let infos: Vec<TargetInfo> = ts.iter().map(|t| info::target_info(t.addr, timeout)).collect();
     let pairs: Vec<(Target, TargetInfo)> = ts.iter().cloned().zip(infos.iter().cloned()).collect();
     print_header(command, &c, Some(load), seed, &client, &pairs);
     let started_unix_s = unix_now();
@@ -453,22 +394,14 @@ fn cmd_compare_targets(
     }
     let mut accs: Vec<Acc> = ts.iter().map(|_| Acc::new()).collect();
     'rounds: for r in 0..rounds {
-        let order: Vec<usize> = if r % 2 == 0 {
-            (0..ts.len()).collect()
-        } else {
-            (0..ts.len()).rev().collect()
-        };
+        let order: Vec<usize> = if r % 2 == 0 { (0..ts.len()).collect() } else { (0..ts.len()).rev().collect() };
         for ti in order {
             if stop.load(Ordering::Relaxed) {
                 break 'rounds;
             }
             let t = &ts[ti];
             let spec = runner::spec_for(&c, t, load, seed, r as u64);
-            let label = if rounds > 1 {
-                format!("{} round {}/{}", t.name, r + 1, rounds)
-            } else {
-                t.name.clone()
-            };
+            let label = if rounds > 1 { format!("{} round {}/{}", t.name, r + 1, rounds) } else { t.name.clone() };
             let m = runner::measure(&spec, &label, c.quiet, stop)?;
             accs[ti].add(r + 1, &m);
         }
@@ -493,11 +426,7 @@ fn cmd_compare_targets(
         println!(
             "measured {:.2} s{}",
             t.window_s,
-            if rounds > 1 {
-                format!(" over {} rounds", t.rounds.len())
-            } else {
-                String::new()
-            }
+            if rounds > 1 { format!(" over {} rounds", t.rounds.len()) } else { String::new() }
         );
         print!("{}", report::op_table(t));
         print!("{}", report::details(t));
@@ -522,15 +451,10 @@ fn cmd_compare_targets(
                     continue;
                 };
                 let lat = t.ops.iter().find(|o| o.op == *op).map(|o| &o.latency);
-                let figures = lat.map_or(String::new(), |l| {
-                    format!("  (p99 {}, max {})", fmt_us(l.get("p99")), fmt_us(l.max_us))
-                });
+                let figures = lat
+                    .map_or(String::new(), |l| format!("  (p99 {}, max {})", fmt_us(l.get("p99")), fmt_us(l.max_us)));
                 series.push(plot::Series {
-                    label: if single {
-                        format!("{op}{figures}")
-                    } else {
-                        format!("{} {op}{figures}", t.name)
-                    },
+                    label: if single { format!("{op}{figures}") } else { format!("{} {op}{figures}", t.name) },
                     color: if single { oi } else { ti },
                     dash: oi,
                     points: points.clone(),
@@ -540,11 +464,7 @@ fn cmd_compare_targets(
         let title = match command {
             "compare" => format!(
                 "Latency by percentile: {}",
-                reports
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" vs ")
+                reports.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(" vs ")
             ),
             _ => format!("Latency by percentile: {}", reports[0].addr),
         };
@@ -572,35 +492,25 @@ fn cmd_compare_targets(
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> io::Result<()> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| io::Error::other(format!("cannot encode JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(v).map_err(|e| io::Error::other(format!("cannot encode JSON: {e}")))?;
     std::fs::write(path, text + "\n")
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-fn write_plot(
-    path: &Path,
-    title: &str,
-    subtitle: &str,
-    series: &[plot::Series],
-    scale: PlotScale,
-) -> io::Result<()> {
+fn write_plot(path: &Path, title: &str, subtitle: &str, series: &[plot::Series], scale: PlotScale) -> io::Result<()> {
     let scale = match scale {
         PlotScale::Linear => plot::YScale::Linear,
         PlotScale::Log => plot::YScale::Log,
         PlotScale::Auto => plot::auto_scale(series),
     };
     let svg = plot::render(title, subtitle, series, scale);
-    std::fs::write(path, svg)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(path, svg).map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
@@ -621,19 +531,10 @@ fn judge(r: &TargetReport, stats: &Stats, a: &SweepArgs, offered: f64) -> (f64, 
     };
     let limit_us = a.max_latency_ms * 1000.0;
     if value > limit_us {
-        reasons.push(format!(
-            "p{} {} > {}",
-            a.percentile,
-            fmt_us(value),
-            fmt_us(limit_us)
-        ));
+        reasons.push(format!("p{} {} > {}", a.percentile, fmt_us(value), fmt_us(limit_us)));
     }
     if r.achieved_rate < a.min_achieved * offered {
-        reasons.push(format!(
-            "achieved {}/s < {:.0}% of offered",
-            fmt_rate(r.achieved_rate),
-            a.min_achieved * 100.0
-        ));
+        reasons.push(format!("achieved {}/s < {:.0}% of offered", fmt_rate(r.achieved_rate), a.min_achieved * 100.0));
     }
     if r.counts.errors > 0 {
         reasons.push(format!("{} errors", r.counts.errors));
@@ -642,11 +543,7 @@ fn judge(r: &TargetReport, stats: &Stats, a: &SweepArgs, offered: f64) -> (f64, 
         reasons.push("interrupted".to_string());
     }
     let pass = reasons.is_empty();
-    let why = if pass {
-        "ok".to_string()
-    } else {
-        reasons.join("; ")
-    };
+    let why = if pass { "ok".to_string() } else { reasons.join("; ") };
     (value, pass, why)
 }
 
@@ -674,23 +571,13 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
         return Err(invalid("need 0 < --start-rate <= --max-rate".into()));
     }
     let t = runner::resolve("target", &a.target)?;
-    let t = Target {
-        name: t.addr_text.clone(),
-        ..t
-    };
+    let t = Target { name: t.addr_text.clone(), ..t };
     ensure_connectable(&t, &c)?;
     let seed = pick_seed(&c);
     let client = info::client_info();
     let timeout = std::time::Duration::from_millis(c.connect_timeout_ms);
     let tinfo = info::target_info(t.addr, timeout);
-    print_header(
-        "sweep",
-        &c,
-        None,
-        seed,
-        &client,
-        &[(t.clone(), tinfo.clone())],
-    );
+    print_header("sweep", &c, None, seed, &client, &[(t.clone(), tinfo.clone())]);
     println!(
         "sweep:    highest open-loop rate ({}, {} conns, pipeline {}) with p{} of {} <= {} ms, achieved >= {:.0}% of offered, no errors",
         a.arrival,
@@ -710,10 +597,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
 
     let mut steps: Vec<SweepStepJson> = Vec::new();
     let run_step = |rate: f64, steps: &mut Vec<SweepStepJson>| -> io::Result<bool> {
-        let load = Load::Open {
-            rate,
-            arrival: a.arrival,
-        };
+        let load = Load::Open { rate, arrival: a.arrival };
         let spec = runner::spec_for(&c, &t, load, seed, steps.len() as u64);
         let label = format!("{} @ {}/s", t.name, fmt_rate(rate));
         let m = runner::measure(&spec, &label, c.quiet, stop)?;
@@ -729,11 +613,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             fmt_rate(r.achieved_rate),
             a.percentile,
             fmt_us(value),
-            if pass {
-                "pass".to_string()
-            } else {
-                format!("FAIL ({reason})")
-            }
+            if pass { "pass".to_string() } else { format!("FAIL ({reason})") }
         );
         steps.push(SweepStepJson {
             offered_rate: rate,
@@ -789,11 +669,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             }
         }
         while let Some(h) = hi {
-            if lo <= 0.0
-                || (h - lo) / lo <= a.precision
-                || steps.len() >= a.max_steps
-                || stop.load(Ordering::Relaxed)
-            {
+            if lo <= 0.0 || (h - lo) / lo <= a.precision || steps.len() >= a.max_steps || stop.load(Ordering::Relaxed) {
                 break;
             }
             let mid = (lo + h) / 2.0;
@@ -835,11 +711,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             o.map_or("n/a".into(), |o| fmt_us(o.latency.get("p50"))),
             o.map_or("n/a".into(), |o| fmt_us(o.latency.max_us)),
             s.errors.to_string(),
-            if s.pass {
-                "pass".into()
-            } else {
-                format!("FAIL: {}", s.reason)
-            },
+            if s.pass { "pass".into() } else { format!("FAIL: {}", s.reason) },
         ]);
     }
     print!("{}", report::render_table_aligned(&rows, &[6]));
@@ -853,10 +725,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
         ),
         None => println!("\nresult: no tested rate passed"),
     }
-    let note = note_for(Load::Open {
-        rate: 1.0,
-        arrival: a.arrival,
-    });
+    let note = note_for(Load::Open { rate: 1.0, arrival: a.arrival });
     println!("note: {note}");
 
     if let Some(path) = &c.plot {
@@ -866,11 +735,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             .filter_map(|(i, s)| {
                 let pts = s.result.spectrum.get(opname)?;
                 (!pts.is_empty()).then(|| plot::Series {
-                    label: format!(
-                        "{}/s offered{}",
-                        fmt_rate(s.offered_rate),
-                        if s.pass { "" } else { " (fail)" }
-                    ),
+                    label: format!("{}/s offered{}", fmt_rate(s.offered_rate), if s.pass { "" } else { " (fail)" }),
                     color: i,
                     dash: usize::from(!s.pass),
                     points: pts.clone(),
@@ -895,15 +760,7 @@ fn cmd_sweep(a: SweepArgs, stop: &Arc<AtomicBool>) -> io::Result<()> {
             command_line: info::command_line(),
             started_unix_s,
             client,
-            config: config_json(
-                &c,
-                Load::Open {
-                    rate: a.start_rate,
-                    arrival: a.arrival,
-                },
-                seed,
-                None,
-            ),
+            config: config_json(&c, Load::Open { rate: a.start_rate, arrival: a.arrival }, seed, None),
             interrupted,
             targets: Vec::new(),
             ratios: None,

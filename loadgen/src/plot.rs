@@ -23,10 +23,8 @@ pub enum YScale {
     Log,
 }
 
-const PALETTE: &[&str] = &[
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    "#7f7f7f", "#bcbd22",
-];
+const PALETTE: &[&str] =
+    &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 const DASHES: &[&str] = &["", "8 5", "2 4"];
 
 const W: f64 = 960.0;
@@ -37,10 +35,7 @@ const TOP: f64 = 78.0;
 const BOTTOM: f64 = 66.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// `p` in percent -> position on the `log10(1/(1-p))` axis; `None` for 100%.
@@ -100,10 +95,7 @@ pub fn auto_scale(series: &[Series]) -> YScale {
         .filter_map(|s| s.points.iter().find(|(p, _)| *p >= 50.0).map(|(_, v)| *v))
         .filter(|v| *v > 0.0)
         .collect();
-    let max_all = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0, f64::max);
+    let max_all = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max);
     let min_med = medians.iter().copied().fold(f64::INFINITY, f64::min);
     if min_med.is_finite() && max_all / min_med > 50.0 {
         YScale::Log
@@ -133,17 +125,9 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
     let decades = (max_x - 1e-9).ceil().clamp(2.0, 6.0) as usize;
     let x_span = decades as f64;
     // Unit: ms once values reach 2 ms.
-    let (unit, div) = if max_us >= 2000.0 {
-        ("ms", 1000.0)
-    } else {
-        ("µs", 1.0)
-    };
+    let (unit, div) = if max_us >= 2000.0 { ("ms", 1000.0) } else { ("µs", 1.0) };
     let max_v = (max_us / div).max(1e-3);
-    let min_v = if min_us.is_finite() {
-        min_us / div
-    } else {
-        max_v / 10.0
-    };
+    let min_v = if min_us.is_finite() { min_us / div } else { max_v / 10.0 };
 
     // Y mapping and ticks.
     let (y_lo, y_hi, ticks): (f64, f64, Vec<f64>) = match scale {
@@ -202,9 +186,7 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         let y = ymap(t);
         let major = match scale {
             YScale::Linear => true,
-            YScale::Log => {
-                (t.log10().fract().abs() < 1e-9) || (1.0 - t.log10().fract()).abs() < 1e-9
-            }
+            YScale::Log => (t.log10().fract().abs() < 1e-9) || (1.0 - t.log10().fract()).abs() < 1e-9,
         };
         let _ = writeln!(
             s,
@@ -251,11 +233,7 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         r#"<text x="22" y="{:.1}" font-size="14" text-anchor="middle" transform="rotate(-90 22 {:.1})">Latency ({unit}{})</text>"#,
         TOP + ph / 2.0,
         TOP + ph / 2.0,
-        if scale == YScale::Log {
-            ", log scale"
-        } else {
-            ""
-        }
+        if scale == YScale::Log { ", log scale" } else { "" }
     );
     // Lines, remembering their screen points for legend placement.
     let mut screen: Vec<(f64, f64)> = Vec::new();
@@ -283,11 +261,7 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         if d.is_empty() {
             continue;
         }
-        let dash_attr = if dash.is_empty() {
-            String::new()
-        } else {
-            format!(r#" stroke-dasharray="{dash}""#)
-        };
+        let dash_attr = if dash.is_empty() { String::new() } else { format!(r#" stroke-dasharray="{dash}""#) };
         let _ = writeln!(
             s,
             r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2.2" stroke-linejoin="round"{dash_attr}/>"#,
@@ -296,11 +270,7 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
     }
     // Legend: in whichever inside corner the lines cross least (top left first: spectra
     // usually start low and rise to the right).
-    let longest = series
-        .iter()
-        .map(|s| s.label.chars().count())
-        .max()
-        .unwrap_or(0) as f64;
+    let longest = series.iter().map(|s| s.label.chars().count()).max().unwrap_or(0) as f64;
     let lw = 52.0 + longest * 7.4;
     let lh = 10.0 + 20.0 * series.len() as f64;
     let corners = [
@@ -310,18 +280,9 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         (LEFT + 14.0, TOP + ph - 12.0 - lh),
     ];
     let crossings = |(x, y): (f64, f64)| {
-        screen
-            .iter()
-            .filter(|p| {
-                p.0 >= x - 4.0 && p.0 <= x + lw + 4.0 && p.1 >= y - 4.0 && p.1 <= y + lh + 4.0
-            })
-            .count()
+        screen.iter().filter(|p| p.0 >= x - 4.0 && p.0 <= x + lw + 4.0 && p.1 >= y - 4.0 && p.1 <= y + lh + 4.0).count()
     };
-    let (lx, ly) = corners
-        .iter()
-        .copied()
-        .min_by_key(|c| crossings(*c))
-        .unwrap_or(corners[0]);
+    let (lx, ly) = corners.iter().copied().min_by_key(|c| crossings(*c)).unwrap_or(corners[0]);
     if !series.is_empty() {
         let _ = writeln!(
             s,
@@ -332,24 +293,15 @@ pub fn render(title: &str, subtitle: &str, series: &[Series], scale: YScale) -> 
         let color = PALETTE[se.color % PALETTE.len()];
         let dash = DASHES[se.dash % DASHES.len()];
         let y = ly + 15.0 + 20.0 * i as f64;
-        let dash_attr = if dash.is_empty() {
-            String::new()
-        } else {
-            format!(r#" stroke-dasharray="{dash}""#)
-        };
+        let dash_attr = if dash.is_empty() { String::new() } else { format!(r#" stroke-dasharray="{dash}""#) };
         let _ = writeln!(
             s,
             r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2.2"{dash_attr}/>"#,
             lx + 8.0,
             lx + 40.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" font-size="13">{}</text>"#,
-            lx + 48.0,
-            y + 4.5,
-            esc(&se.label)
-        );
+        let _ =
+            writeln!(s, r#"<text x="{:.1}" y="{:.1}" font-size="13">{}</text>"#, lx + 48.0, y + 4.5, esc(&se.label));
     }
     s.push_str("</svg>\n");
     s
@@ -380,18 +332,8 @@ mod tests {
             })
             .collect();
         let series = vec![
-            Series {
-                label: "a <GET>".into(),
-                color: 0,
-                dash: 0,
-                points: pts.clone(),
-            },
-            Series {
-                label: "b SET".into(),
-                color: 1,
-                dash: 1,
-                points: pts,
-            },
+            Series { label: "a <GET>".into(), color: 0, dash: 0, points: pts.clone() },
+            Series { label: "b SET".into(), color: 1, dash: 1, points: pts },
         ];
         let svg = render("t & t", "sub", &series, auto_scale(&series));
         assert!(svg.starts_with("<svg"));

@@ -11,13 +11,8 @@ use crate::stats::Stats;
 use crate::workload::Op;
 
 /// The percentiles every summary reports, as (label, quantile).
-pub const PERCENTILES: &[(&str, f64)] = &[
-    ("p50", 0.50),
-    ("p90", 0.90),
-    ("p99", 0.99),
-    ("p99.9", 0.999),
-    ("p99.99", 0.9999),
-];
+pub const PERCENTILES: &[(&str, f64)] =
+    &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999), ("p99.99", 0.9999)];
 
 /// Latency figures of one histogram, in microseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -44,11 +39,7 @@ impl Latency {
             percentiles_us: PERCENTILES
                 .iter()
                 .map(|(l, q)| {
-                    let v = if empty {
-                        0.0
-                    } else {
-                        ns_to_us(h.value_at_quantile(*q))
-                    };
+                    let v = if empty { 0.0 } else { ns_to_us(h.value_at_quantile(*q)) };
                     (l.to_string(), v)
                 })
                 .collect(),
@@ -230,21 +221,9 @@ pub fn target_report(
             set: iv.ok[0],
             get: iv.ok[1],
             errors: iv.errors,
-            p50_us: if iv.hist.is_empty() {
-                0.0
-            } else {
-                ns_to_us(iv.hist.value_at_quantile(0.5))
-            },
-            p99_us: if iv.hist.is_empty() {
-                0.0
-            } else {
-                ns_to_us(iv.hist.value_at_quantile(0.99))
-            },
-            max_us: if iv.hist.is_empty() {
-                0.0
-            } else {
-                ns_to_us(iv.hist.max())
-            },
+            p50_us: if iv.hist.is_empty() { 0.0 } else { ns_to_us(iv.hist.value_at_quantile(0.5)) },
+            p99_us: if iv.hist.is_empty() { 0.0 } else { ns_to_us(iv.hist.value_at_quantile(0.99)) },
+            max_us: if iv.hist.is_empty() { 0.0 } else { ns_to_us(iv.hist.max()) },
         })
         .collect();
     TargetReport {
@@ -311,10 +290,7 @@ pub fn ratios(targets: &[TargetReport]) -> Ratios {
         let mut per_metric = BTreeMap::new();
         for m in METRICS {
             let b = metric(bo, m);
-            let v = targets
-                .iter()
-                .map(|t| t.ops.get(oi).and_then(|o| ratio(metric(o, m), b)))
-                .collect();
+            let v = targets.iter().map(|t| t.ops.get(oi).and_then(|o| ratio(metric(o, m), b))).collect();
             per_metric.insert(m.to_string(), v);
         }
         out.insert(bo.op.clone(), per_metric);
@@ -389,13 +365,7 @@ pub fn render_table(rows: &[Vec<String>]) -> String {
 /// right-aligned (numbers).
 pub fn render_table_aligned(rows: &[Vec<String>], left: &[usize]) -> String {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let width = |c: usize| {
-        rows.iter()
-            .filter_map(|r| r.get(c))
-            .map(|s| s.chars().count())
-            .max()
-            .unwrap_or(0)
-    };
+    let width = |c: usize| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..ncol).map(width).collect();
     let mut out = String::new();
     for (ri, r) in rows.iter().enumerate() {
@@ -477,9 +447,7 @@ pub fn compare_table(targets: &[TargetReport], ratios: &Ratios) -> String {
         return String::new();
     };
     for (oi, bo) in first.ops.iter().enumerate() {
-        let any = targets
-            .iter()
-            .any(|t| t.ops.get(oi).is_some_and(|o| o.ok + o.errors > 0));
+        let any = targets.iter().any(|t| t.ops.get(oi).is_some_and(|o| o.ok + o.errors > 0));
         if !any {
             continue;
         }
@@ -487,11 +455,7 @@ pub fn compare_table(targets: &[TargetReport], ratios: &Ratios) -> String {
             let mut row = vec![bo.op.clone(), m.to_string()];
             for t in targets {
                 let v = t.ops.get(oi).map_or(0.0, |o| metric(o, m));
-                row.push(if *m == "ops/s" {
-                    fmt_rate(v)
-                } else {
-                    fmt_us(v)
-                });
+                row.push(if *m == "ops/s" { fmt_rate(v) } else { fmt_us(v) });
             }
             if let Some(rs) = ratios.get(&bo.op).and_then(|x| x.get(*m)) {
                 for r in rs.iter().skip(1) {
@@ -515,11 +479,7 @@ pub fn details(t: &TargetReport) -> String {
         fmt_count(c.ok),
         fmt_count(c.errors),
         fmt_count(c.inflight_at_cutoff),
-        if c.balanced {
-            "adds up"
-        } else {
-            "DOES NOT ADD UP"
-        }
+        if c.balanced { "adds up" } else { "DOES NOT ADD UP" }
     );
     if let Some(rate) = t.offered_rate {
         let _ = writeln!(
@@ -527,11 +487,7 @@ pub fn details(t: &TargetReport) -> String {
             "rate:     offered {}/s, achieved {}/s ({:.1}%){}",
             fmt_rate(rate),
             fmt_rate(t.achieved_rate),
-            if rate > 0.0 {
-                100.0 * t.achieved_rate / rate
-            } else {
-                0.0
-            },
+            if rate > 0.0 { 100.0 * t.achieved_rate / rate } else { 0.0 },
             if c.unsent_at_cutoff > 0 {
                 format!(
                     "; {} requests intended in the window were never sent (client behind schedule)",
@@ -565,10 +521,7 @@ pub fn details(t: &TargetReport) -> String {
         if m.is_empty() {
             "none".to_string()
         } else {
-            m.iter()
-                .map(|(k, v)| format!("{k} {}", fmt_count(*v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            m.iter().map(|(k, v)| format!("{k} {}", fmt_count(*v))).collect::<Vec<_>>().join(", ")
         }
     };
     let _ = writeln!(s, "errors:   {}", kinds(&t.error_kinds));
@@ -581,42 +534,20 @@ pub fn details(t: &TargetReport) -> String {
         "persistence: fsyncs/s {}, records/fsync {}{}",
         fmt_opt(t.fsyncs_per_s),
         fmt_opt(t.records_per_fsync),
-        if t.persistence.fsync_field.is_none() {
-            " (no wal_fsyncs/wal_records in INFO persistence)"
-        } else {
-            ""
-        }
+        if t.persistence.fsync_field.is_none() { " (no wal_fsyncs/wal_records in INFO persistence)" } else { "" }
     );
     if !t.per_second.is_empty() {
         let rates: Vec<f64> = t.per_second.iter().map(|r| r.replies_per_s).collect();
         let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
         let max = rates.iter().copied().fold(0.0, f64::max);
-        let series = t
-            .per_second
-            .iter()
-            .map(|r| fmt_rate(r.replies_per_s))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let _ = writeln!(
-            s,
-            "replies/s by second: min {} max {} | {}",
-            fmt_rate(min),
-            fmt_rate(max),
-            series
-        );
+        let series = t.per_second.iter().map(|r| fmt_rate(r.replies_per_s)).collect::<Vec<_>>().join(" ");
+        let _ = writeln!(s, "replies/s by second: min {} max {} | {}", fmt_rate(min), fmt_rate(max), series);
     }
     if t.rounds.len() > 1 {
         let r = t
             .rounds
             .iter()
-            .map(|r| {
-                format!(
-                    "#{} {}/s p99 {}",
-                    r.round,
-                    fmt_rate(r.ops_per_s),
-                    fmt_us(r.p99_us)
-                )
-            })
+            .map(|r| format!("#{} {}/s p99 {}", r.round, fmt_rate(r.ops_per_s), fmt_us(r.p99_us)))
             .collect::<Vec<_>>()
             .join(" | ");
         let _ = writeln!(s, "rounds:   {r}");
@@ -665,10 +596,7 @@ mod tests {
         assert!(table.contains("b/a"), "{table}");
         assert!(table.contains("2.50x"), "{table}");
         assert!(table.contains("0.50x"), "{table}");
-        assert!(
-            !table.contains("SET"),
-            "ops with no traffic are left out:\n{table}"
-        );
+        assert!(!table.contains("SET"), "ops with no traffic are left out:\n{table}");
     }
 
     #[test]
@@ -702,10 +630,7 @@ mod tests {
         assert_eq!(fmt_count(12), "12");
         assert_eq!(fmt_ratio(Some(0.5)), "0.50x");
         assert_eq!(fmt_ratio(None), "n/a");
-        let t = render_table(&[
-            vec!["a".into(), "bb".into()],
-            vec!["ccc".into(), "µs".into()],
-        ]);
+        let t = render_table(&[vec!["a".into(), "bb".into()], vec!["ccc".into(), "µs".into()]]);
         assert_eq!(t, "a    bb\n-------\nccc  µs\n");
     }
 }

@@ -29,12 +29,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bulk_bytes: 512 * 1024 * 1024,
-            max_elements: 1 << 20,
-            max_depth: 16,
-            max_line_bytes: 64 * 1024,
-        }
+        Limits { max_bulk_bytes: 512 * 1024 * 1024, max_elements: 1 << 20, max_depth: 16, max_line_bytes: 64 * 1024 }
     }
 }
 
@@ -69,12 +64,7 @@ impl Reply<'_> {
 
 /// The first word of an error message, upper-cased and capped, e.g. `MISCONF`.
 pub fn error_kind(msg: &[u8]) -> String {
-    let word: Vec<u8> = msg
-        .iter()
-        .copied()
-        .take_while(|b| !b.is_ascii_whitespace())
-        .take(32)
-        .collect();
+    let word: Vec<u8> = msg.iter().copied().take_while(|b| !b.is_ascii_whitespace()).take(32).collect();
     if word.is_empty() {
         return "ERR(empty)".to_string();
     }
@@ -89,11 +79,7 @@ pub enum ProtocolError {
     /// A length or integer that is not a number.
     BadNumber,
     /// A declared length or count over the limit.
-    TooLarge {
-        what: &'static str,
-        declared: i64,
-        limit: usize,
-    },
+    TooLarge { what: &'static str, declared: i64, limit: usize },
     /// Nesting deeper than allowed.
     TooDeep,
     /// A line longer than allowed without CRLF.
@@ -107,11 +93,9 @@ impl fmt::Display for ProtocolError {
         match self {
             ProtocolError::UnknownType(b) => write!(f, "unknown RESP type byte 0x{b:02x}"),
             ProtocolError::BadNumber => write!(f, "malformed number in reply"),
-            ProtocolError::TooLarge {
-                what,
-                declared,
-                limit,
-            } => write!(f, "{what} declares {declared}, over the limit of {limit}"),
+            ProtocolError::TooLarge { what, declared, limit } => {
+                write!(f, "{what} declares {declared}, over the limit of {limit}")
+            }
             ProtocolError::TooDeep => write!(f, "reply nested too deeply"),
             ProtocolError::LineTooLong => write!(f, "reply line too long"),
             ProtocolError::MissingCrlf => write!(f, "bulk string not terminated by CRLF"),
@@ -124,10 +108,7 @@ impl std::error::Error for ProtocolError {}
 /// Parse one reply from the front of `buf`.
 ///
 /// `Ok(None)`: incomplete, read more. `Ok(Some((reply, used)))`: `used` bytes form `reply`.
-pub fn parse_reply<'a>(
-    buf: &'a [u8],
-    limits: &Limits,
-) -> Result<Option<(Reply<'a>, usize)>, ProtocolError> {
+pub fn parse_reply<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<(Reply<'a>, usize)>, ProtocolError> {
     let mut pos = 0;
     match parse_at(buf, &mut pos, limits, 0)? {
         Some(r) => Ok(Some((r, pos))),
@@ -137,11 +118,7 @@ pub fn parse_reply<'a>(
 
 /// Find the CRLF-terminated line starting at `start`; returns the line (without CRLF) and the
 /// position just after the CRLF.
-fn line<'a>(
-    buf: &'a [u8],
-    start: usize,
-    limits: &Limits,
-) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
+fn line<'a>(buf: &'a [u8], start: usize, limits: &Limits) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
     let rest = &buf[start..];
     let window = &rest[..rest.len().min(limits.max_line_bytes + 2)];
     match window.windows(2).position(|w| w == b"\r\n") {
@@ -162,10 +139,7 @@ fn parse_int(s: &[u8]) -> Result<i64, ProtocolError> {
     }
     let mut v: i64 = 0;
     for d in digits {
-        v = v
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(i64::from(d - b'0')))
-            .ok_or(ProtocolError::BadNumber)?;
+        v = v.checked_mul(10).and_then(|v| v.checked_add(i64::from(d - b'0'))).ok_or(ProtocolError::BadNumber)?;
     }
     Ok(if neg { -v } else { v })
 }
@@ -226,11 +200,7 @@ fn parse_at<'a>(
                 return Err(ProtocolError::BadNumber);
             }
             if n as u64 > limits.max_bulk_bytes as u64 {
-                return Err(ProtocolError::TooLarge {
-                    what: "bulk string",
-                    declared: n,
-                    limit: limits.max_bulk_bytes,
-                });
+                return Err(ProtocolError::TooLarge { what: "bulk string", declared: n, limit: limits.max_bulk_bytes });
             }
             let n = n as usize;
             let end = next + n;
@@ -242,11 +212,7 @@ fn parse_at<'a>(
             }
             *pos = end + 2;
             let data = &buf[next..end];
-            Ok(Some(if ty == b'!' {
-                Reply::Error(data)
-            } else {
-                Reply::Bulk(data)
-            }))
+            Ok(Some(if ty == b'!' { Reply::Error(data) } else { Reply::Bulk(data) }))
         }
         b'*' | b'~' | b'>' | b'%' => {
             let n = parse_int(body)?;
@@ -259,11 +225,7 @@ fn parse_at<'a>(
             }
             let per = if ty == b'%' { 2 } else { 1 };
             if (n as u64).saturating_mul(per) > limits.max_elements as u64 {
-                return Err(ProtocolError::TooLarge {
-                    what: "aggregate",
-                    declared: n,
-                    limit: limits.max_elements,
-                });
+                return Err(ProtocolError::TooLarge { what: "aggregate", declared: n, limit: limits.max_elements });
             }
             let count = n as usize * per as usize;
             // Each element needs at least 3 bytes ("_\r\n"): do not reserve for elements that
@@ -362,10 +324,7 @@ mod tests {
     #[test]
     fn simple_types() {
         assert_eq!(p(b"+OK\r\n"), Ok(Some((Reply::Simple(b"OK"), 5))));
-        assert_eq!(
-            p(b"-MISCONF no disk\r\n"),
-            Ok(Some((Reply::Error(b"MISCONF no disk"), 18)))
-        );
+        assert_eq!(p(b"-MISCONF no disk\r\n"), Ok(Some((Reply::Error(b"MISCONF no disk"), 18))));
         assert_eq!(p(b":-42\r\n"), Ok(Some((Reply::Integer(-42), 6))));
         assert_eq!(p(b"$3\r\nfoo\r\n"), Ok(Some((Reply::Bulk(b"foo"), 9))));
         assert_eq!(p(b"$0\r\n\r\n"), Ok(Some((Reply::Bulk(b""), 6))));
@@ -383,15 +342,9 @@ mod tests {
         assert_eq!(n, 15);
         assert_eq!(r, Reply::Array(vec![Reply::Bulk(b"a"), Reply::Integer(1)]));
         let (r, _) = p(b"%1\r\n+k\r\n+v\r\n").unwrap().unwrap();
-        assert_eq!(
-            r,
-            Reply::Array(vec![Reply::Simple(b"k"), Reply::Simple(b"v")])
-        );
+        assert_eq!(r, Reply::Array(vec![Reply::Simple(b"k"), Reply::Simple(b"v")]));
         let (r, _) = p(b"*1\r\n*1\r\n*0\r\n").unwrap().unwrap();
-        assert_eq!(
-            r,
-            Reply::Array(vec![Reply::Array(vec![Reply::Array(vec![])])])
-        );
+        assert_eq!(r, Reply::Array(vec![Reply::Array(vec![Reply::Array(vec![])])]));
     }
 
     #[test]
@@ -419,38 +372,15 @@ mod tests {
 
     #[test]
     fn lengths_are_not_trusted() {
-        let small = Limits {
-            max_bulk_bytes: 10,
-            max_elements: 4,
-            max_depth: 2,
-            max_line_bytes: 16,
-        };
-        assert!(matches!(
-            parse_reply(b"$11\r\n", &small),
-            Err(ProtocolError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            parse_reply(b"*5\r\n", &small),
-            Err(ProtocolError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            parse_reply(b"%3\r\n", &small),
-            Err(ProtocolError::TooLarge { .. })
-        ));
-        assert_eq!(
-            parse_reply(b"*1\r\n*1\r\n*1\r\n*0\r\n", &small),
-            Err(ProtocolError::TooDeep)
-        );
-        assert_eq!(
-            parse_reply(b"+aaaaaaaaaaaaaaaaaaaaaaaaaaaa", &small),
-            Err(ProtocolError::LineTooLong)
-        );
+        let small = Limits { max_bulk_bytes: 10, max_elements: 4, max_depth: 2, max_line_bytes: 16 };
+        assert!(matches!(parse_reply(b"$11\r\n", &small), Err(ProtocolError::TooLarge { .. })));
+        assert!(matches!(parse_reply(b"*5\r\n", &small), Err(ProtocolError::TooLarge { .. })));
+        assert!(matches!(parse_reply(b"%3\r\n", &small), Err(ProtocolError::TooLarge { .. })));
+        assert_eq!(parse_reply(b"*1\r\n*1\r\n*1\r\n*0\r\n", &small), Err(ProtocolError::TooDeep));
+        assert_eq!(parse_reply(b"+aaaaaaaaaaaaaaaaaaaaaaaaaaaa", &small), Err(ProtocolError::LineTooLong));
         // A huge declared array whose elements have not arrived allocates little and waits.
         assert_eq!(p(b"*1000000\r\n:1\r\n"), Ok(None));
-        assert_eq!(
-            p(b"$99999999999999999999\r\n"),
-            Err(ProtocolError::BadNumber)
-        );
+        assert_eq!(p(b"$99999999999999999999\r\n"), Err(ProtocolError::BadNumber));
     }
 
     #[test]
@@ -480,10 +410,7 @@ mod tests {
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$8\r\nkey:1234\r\n");
         out.clear();
         encode_set(&mut out, b"k", 0, b"vv", Some(60));
-        assert_eq!(
-            out,
-            b"*5\r\n$3\r\nSET\r\n$2\r\nk0\r\n$2\r\nvv\r\n$2\r\nEX\r\n$2\r\n60\r\n"
-        );
+        assert_eq!(out, b"*5\r\n$3\r\nSET\r\n$2\r\nk0\r\n$2\r\nvv\r\n$2\r\nEX\r\n$2\r\n60\r\n");
         out.clear();
         encode_set(&mut out, b"k", 7, b"", None);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$2\r\nk7\r\n$0\r\n\r\n");

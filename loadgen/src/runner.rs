@@ -33,31 +33,18 @@ pub fn resolve(name: &str, addr_text: &str) -> io::Result<Target> {
         })?
         .next()
         .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("target {addr_text:?} resolves to no address"),
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, format!("target {addr_text:?} resolves to no address"))
         })?;
-    Ok(Target {
-        name: name.to_string(),
-        addr_text: addr_text.to_string(),
-        addr,
-    })
+    Ok(Target { name: name.to_string(), addr_text: addr_text.to_string(), addr })
 }
 
 /// Parse `NAME=HOST:PORT`.
 pub fn parse_named(s: &str) -> io::Result<Target> {
     let (name, addr) = s.split_once('=').ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--target {s:?}: expected NAME=HOST:PORT"),
-        )
+        io::Error::new(io::ErrorKind::InvalidInput, format!("--target {s:?}: expected NAME=HOST:PORT"))
     })?;
     if name.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--target {s:?}: empty name"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--target {s:?}: empty name")));
     }
     resolve(name, addr)
 }
@@ -125,9 +112,7 @@ pub fn spec_for(c: &CommonArgs, t: &Target, load: Load, seed: u64, round: u64) -
 }
 
 fn connect_all(spec: &RunSpec) -> io::Result<Vec<TcpStream>> {
-    (0..spec.connections)
-        .map(|_| engine::connect_blocking(spec.addr, spec.connect_timeout))
-        .collect()
+    (0..spec.connections).map(|_| engine::connect_blocking(spec.addr, spec.connect_timeout)).collect()
 }
 
 /// What one measured run produced.
@@ -147,11 +132,7 @@ struct Ticker {
 
 impl Ticker {
     fn new(quiet: bool) -> Ticker {
-        Ticker {
-            tty: io::stderr().is_terminal(),
-            quiet,
-            printed: false,
-        }
+        Ticker { tty: io::stderr().is_terminal(), quiet, printed: false }
     }
     fn line(&mut self, s: &str) {
         if self.quiet {
@@ -187,10 +168,7 @@ fn sum_progress(p: &[Progress]) -> (u64, u64, u64) {
 fn join_all(handles: Vec<JoinHandle<WorkerResult>>) -> io::Result<Vec<WorkerResult>> {
     let mut out = Vec::new();
     for h in handles {
-        out.push(
-            h.join()
-                .map_err(|_| io::Error::other("a client thread panicked"))?,
-        );
+        out.push(h.join().map_err(|_| io::Error::other("a client thread panicked"))?);
     }
     Ok(out)
 }
@@ -207,12 +185,7 @@ fn new_control(spec: &RunSpec, warmup_end_ns: u64, end_ns: u64) -> Arc<Control> 
 }
 
 /// Write every key once. Not measured; errors are counted and reported.
-pub fn prefill(
-    spec: &RunSpec,
-    label: &str,
-    quiet: bool,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<PrefillSummary> {
+pub fn prefill(spec: &RunSpec, label: &str, quiet: bool, stop: &Arc<AtomicBool>) -> io::Result<PrefillSummary> {
     let streams = connect_all(spec)?;
     let ctl = new_control(spec, 0, u64::MAX);
     let handles = engine::start_phase(spec, streams, true, ctl.clone(), stop.clone())?;
@@ -253,12 +226,7 @@ pub fn prefill(
 }
 
 /// One measured run: warm-up, window, drain.
-pub fn measure(
-    spec: &RunSpec,
-    label: &str,
-    quiet: bool,
-    stop: &Arc<AtomicBool>,
-) -> io::Result<Measured> {
+pub fn measure(spec: &RunSpec, label: &str, quiet: bool, stop: &Arc<AtomicBool>) -> io::Result<Measured> {
     let streams = connect_all(spec)?;
     let warmup_ns = spec.warmup.as_nanos() as u64;
     let end_ns = match spec.stop {
@@ -329,21 +297,12 @@ pub fn measure(
         last_completion = last_completion.max(r.last_completion_ns);
     }
     let end = ctl.end_ns.load(Ordering::SeqCst);
-    let window_end = if end == u64::MAX {
-        last_completion
-    } else {
-        end
-    };
+    let window_end = if end == u64::MAX { last_completion } else { end };
     let window_s = window_end.saturating_sub(warmup_ns) as f64 / 1e9;
     stats.set_window(window_s);
     let persistence = match (&before, &after) {
         (Some(a), Some(b)) => PersistenceDelta::between(a, b),
         _ => PersistenceDelta::default(),
     };
-    Ok(Measured {
-        stats,
-        window_s,
-        interrupted,
-        persistence,
-    })
+    Ok(Measured { stats, window_s, interrupted, persistence })
 }

@@ -70,12 +70,7 @@ impl OpenLoop {
             Arrival::Uniform => phase * mean_gap_ns,
             Arrival::Poisson => exp_gap(&mut rng, mean_gap_ns),
         };
-        OpenLoop {
-            arrival,
-            mean_gap_ns,
-            next_ns: first,
-            rng,
-        }
+        OpenLoop { arrival, mean_gap_ns, next_ns: first, rng }
     }
 
     /// Intended time of the next request.
@@ -164,13 +159,7 @@ mod tests {
     /// A single-server FIFO model: each request takes `service_ns`; no request is served in
     /// `[stall_from, stall_until)`. Drives `pacer` with a simulated clock and returns
     /// (latency from the pacer's stamp, latency from actual send) per request.
-    fn simulate(
-        mut pacer: Pacer,
-        depth: usize,
-        service_ns: u64,
-        stall: (u64, u64),
-        end_ns: u64,
-    ) -> Vec<(u64, u64)> {
+    fn simulate(mut pacer: Pacer, depth: usize, service_ns: u64, stall: (u64, u64), end_ns: u64) -> Vec<(u64, u64)> {
         let mut now = 0u64;
         let mut server_free = 0u64;
         let mut inflight: VecDeque<(u64, u64, u64)> = VecDeque::new();
@@ -189,11 +178,8 @@ mod tests {
             }
             // Next event: a completion or the pacer's next intended time.
             let next_done = inflight.front().map(|r| r.2).unwrap_or(u64::MAX);
-            let next_wake = if now < end_ns {
-                pacer.wake_at_ns(inflight.len(), depth).unwrap_or(u64::MAX)
-            } else {
-                u64::MAX
-            };
+            let next_wake =
+                if now < end_ns { pacer.wake_at_ns(inflight.len(), depth).unwrap_or(u64::MAX) } else { u64::MAX };
             now = now.max(next_done.min(next_wake));
             while let Some(&(stamp, sent, done)) = inflight.front() {
                 if done > now {
@@ -213,20 +199,13 @@ mod tests {
         // 1000 req/s evenly spaced, 100 µs service, a 50 ms stall at 500 ms, 1 s run.
         let pacer = Pacer::Open(OpenLoop::new(1000.0, Arrival::Uniform, 1, 0.0));
         let lat = simulate(pacer, 1, 100_000, (500 * MS, 550 * MS), 1000 * MS);
-        assert_eq!(
-            lat.len(),
-            1000,
-            "every intended request is sent and completes"
-        );
+        assert_eq!(lat.len(), 1000, "every intended request is sent and completes");
 
         let open_slow = lat.iter().filter(|l| l.0 > MS).count();
         let sent_slow = lat.iter().filter(|l| l.1 > MS).count();
         let open_max = lat.iter().map(|l| l.0).max().unwrap();
         // ~50 requests were intended during the stall; each waits out the rest of it.
-        assert!(
-            (45..=60).contains(&open_slow),
-            "open-loop slow count {open_slow}"
-        );
+        assert!((45..=60).contains(&open_slow), "open-loop slow count {open_slow}");
         assert!((49 * MS..=51 * MS).contains(&open_max), "max {open_max}");
         // Timing from the actual send hides it: only the one request in flight saw the stall.
         assert_eq!(sent_slow, 1, "send-time latency sees the stall once");
@@ -234,10 +213,7 @@ mod tests {
         let mut slow: Vec<u64> = lat.iter().map(|l| l.0).filter(|&l| l > MS).collect();
         slow.sort_unstable();
         let median = slow[slow.len() / 2];
-        assert!(
-            median > 20 * MS && median < 30 * MS,
-            "median of stalled {median}"
-        );
+        assert!(median > 20 * MS && median < 30 * MS, "median of stalled {median}");
     }
 
     #[test]
@@ -309,11 +285,7 @@ mod tests {
         let mut p = Pacer::Open(o);
         assert_eq!(p.next_request(MS / 2 - 1, 0, 4), None, "not yet due");
         assert_eq!(p.next_request(MS / 2, 4, 4), None, "pipeline full");
-        assert_eq!(
-            p.next_request(10 * MS, 0, 4),
-            Some(MS / 2),
-            "late: keeps intended time"
-        );
+        assert_eq!(p.next_request(10 * MS, 0, 4), Some(MS / 2), "late: keeps intended time");
         assert_eq!(p.next_request(10 * MS, 1, 4), Some(MS + MS / 2));
     }
 }

@@ -28,8 +28,7 @@ pub fn new_hist() -> Histogram<u64> {
 }
 
 fn new_interval_hist() -> Histogram<u64> {
-    let mut h =
-        Histogram::new_with_bounds(1, 60_000_000_000, SIGFIG_INTERVAL).expect("valid bounds");
+    let mut h = Histogram::new_with_bounds(1, 60_000_000_000, SIGFIG_INTERVAL).expect("valid bounds");
     h.auto(true);
     h
 }
@@ -50,13 +49,7 @@ pub struct Interval {
 
 impl Interval {
     fn new() -> Interval {
-        Interval {
-            dur_s: 1.0,
-            replies: 0,
-            ok: [0; 2],
-            errors: 0,
-            hist: new_interval_hist(),
-        }
+        Interval { dur_s: 1.0, replies: 0, ok: [0; 2], errors: 0, hist: new_interval_hist() }
     }
 }
 
@@ -267,10 +260,7 @@ mod tests {
         for op in 0..2 {
             assert_eq!(merged.hist[op].len(), whole.hist[op].len());
             for q in [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
-                assert_eq!(
-                    merged.hist[op].value_at_quantile(q),
-                    whole.hist[op].value_at_quantile(q)
-                );
+                assert_eq!(merged.hist[op].value_at_quantile(q), whole.hist[op].value_at_quantile(q));
             }
             assert_eq!(merged.hist[op].max(), whole.hist[op].max());
         }

@@ -36,17 +36,9 @@ pub struct Ratio {
 impl FromStr for Ratio {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once(':')
-            .ok_or_else(|| format!("ratio {s:?} must look like SET:GET, e.g. 1:10"))?;
-        let set: u32 = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("ratio {s:?}: {a:?} is not a whole number"))?;
-        let get: u32 = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("ratio {s:?}: {b:?} is not a whole number"))?;
+        let (a, b) = s.split_once(':').ok_or_else(|| format!("ratio {s:?} must look like SET:GET, e.g. 1:10"))?;
+        let set: u32 = a.trim().parse().map_err(|_| format!("ratio {s:?}: {a:?} is not a whole number"))?;
+        let get: u32 = b.trim().parse().map_err(|_| format!("ratio {s:?}: {b:?} is not a whole number"))?;
         if set == 0 && get == 0 {
             return Err(format!("ratio {s:?}: at least one side must be > 0"));
         }
@@ -74,17 +66,13 @@ impl FromStr for KeyDist {
             return Ok(KeyDist::Uniform);
         }
         if let Some(rest) = s.strip_prefix("zipf:") {
-            let e: f64 = rest
-                .parse()
-                .map_err(|_| format!("key-dist {s:?}: {rest:?} is not a number"))?;
+            let e: f64 = rest.parse().map_err(|_| format!("key-dist {s:?}: {rest:?} is not a number"))?;
             if !(e > 0.0 && e.is_finite()) {
                 return Err(format!("key-dist {s:?}: the zipf exponent must be > 0"));
             }
             return Ok(KeyDist::Zipf(e));
         }
-        Err(format!(
-            "key-dist {s:?}: expected `uniform` or `zipf:<s>` (e.g. zipf:0.99)"
-        ))
+        Err(format!("key-dist {s:?}: expected `uniform` or `zipf:<s>` (e.g. zipf:0.99)"))
     }
 }
 
@@ -112,13 +100,7 @@ pub struct Zipf {
 impl Zipf {
     pub fn new(n: u64, s: f64) -> Zipf {
         assert!(n >= 1 && s > 0.0);
-        let mut z = Zipf {
-            n: n as f64,
-            s,
-            h_integral_x1: 0.0,
-            h_integral_n: 0.0,
-            threshold: 0.0,
-        };
+        let mut z = Zipf { n: n as f64, s, h_integral_x1: 0.0, h_integral_n: 0.0, threshold: 0.0 };
         z.h_integral_x1 = z.h_integral(1.5) - 1.0;
         z.h_integral_n = z.h_integral(z.n + 0.5);
         z.threshold = 2.0 - z.h_integral_inv(z.h_integral(2.5) - z.h(2.0));
@@ -128,8 +110,7 @@ impl Zipf {
     /// A rank in `1..=n`; rank 1 is the most frequent.
     pub fn sample<R: Rng>(&self, rng: &mut R) -> u64 {
         loop {
-            let u: f64 =
-                self.h_integral_n + rng.gen::<f64>() * (self.h_integral_x1 - self.h_integral_n);
+            let u: f64 = self.h_integral_n + rng.gen::<f64>() * (self.h_integral_x1 - self.h_integral_n);
             let x = self.h_integral_inv(u);
             let k = (x + 0.5).floor().clamp(1.0, self.n);
             if k - x <= self.threshold || u >= self.h_integral(k + 0.5) - self.h(k) {
@@ -198,9 +179,8 @@ impl KeyPicker {
 /// Derive an independent, reproducible 64-bit seed for one stream (SplitMix64 finaliser over the
 /// mixed inputs).
 pub fn derive_seed(seed: u64, round: u64, stream: u64) -> u64 {
-    let mut z = seed
-        ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17);
+    let mut z =
+        seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03).rotate_left(17);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -227,11 +207,7 @@ impl Generator {
 
     /// The next operation and key id.
     pub fn next_op(&mut self) -> (Op, u64) {
-        let op = if self.rng.gen_range(0..self.total) < self.set_threshold {
-            Op::Set
-        } else {
-            Op::Get
-        };
+        let op = if self.rng.gen_range(0..self.total) < self.set_threshold { Op::Set } else { Op::Get };
         (op, self.keys.pick(&mut self.rng))
     }
 }
@@ -241,9 +217,7 @@ impl Generator {
 pub fn make_value(seed: u64, len: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = SmallRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
-        .collect()
+    (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())]).collect()
 }
 
 #[cfg(test)]
@@ -301,11 +275,7 @@ mod tests {
         }
         // Rank-1 to rank-2 frequency ratio is 2^s.
         let ratio = c[0] as f64 / c[1] as f64;
-        assert!(
-            (ratio - 2f64.powf(s)).abs() < 2f64.powf(s) * 0.03,
-            "rank1/rank2 = {ratio}, expected {}",
-            2f64.powf(s)
-        );
+        assert!((ratio - 2f64.powf(s)).abs() < 2f64.powf(s) * 0.03, "rank1/rank2 = {ratio}, expected {}", 2f64.powf(s));
     }
 
     #[test]

@@ -42,10 +42,7 @@ impl Redis {
             .expect("spawn redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {port} did not start"
-            );
+            assert!(Instant::now() < deadline, "redis-server on {port} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         Redis { child, port }
@@ -115,18 +112,9 @@ fn u(v: &Value) -> u64 {
 /// sent = ok + errors + in flight at cutoff, and the error kinds sum to the errors.
 fn assert_counts_add_up(t: &Value) {
     let c = &t["counts"];
-    assert_eq!(
-        u(&c["sent"]),
-        u(&c["ok"]) + u(&c["errors"]) + u(&c["inflight_at_cutoff"]),
-        "counts: {c}"
-    );
+    assert_eq!(u(&c["sent"]), u(&c["ok"]) + u(&c["errors"]) + u(&c["inflight_at_cutoff"]), "counts: {c}");
     assert_eq!(c["balanced"], Value::Bool(true));
-    let kinds: u64 = t["error_kinds"]
-        .as_object()
-        .expect("error_kinds object")
-        .values()
-        .map(u)
-        .sum();
+    let kinds: u64 = t["error_kinds"].as_object().expect("error_kinds object").values().map(u).sum();
     assert_eq!(kinds, u(&c["errors"]));
 }
 
@@ -164,10 +152,7 @@ fn closed_loop_run_writes_consistent_json_and_a_plot() {
         svg.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("redis_version="),
-        "provenance printed:\n{stdout}"
-    );
+    assert!(stdout.contains("redis_version="), "provenance printed:\n{stdout}");
     assert!(stdout.contains("adds up"), "{stdout}");
     let v = read_json(&json);
     assert_eq!(v["config"]["seed"], 7);
@@ -179,12 +164,7 @@ fn closed_loop_run_writes_consistent_json_and_a_plot() {
     assert_eq!(u(&t["prefill"]["ok"]), 1000);
     assert_eq!(u(&t["counts"]["get_misses"]), 0);
     assert!(t["info"]["fields"]["redis_version"].is_string());
-    let get = t["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["op"] == "GET")
-        .unwrap();
+    let get = t["ops"].as_array().unwrap().iter().find(|o| o["op"] == "GET").unwrap();
     let p50 = get["latency"]["percentiles_us"]["p50"].as_f64().unwrap();
     let p99 = get["latency"]["percentiles_us"]["p99"].as_f64().unwrap();
     let max = get["latency"]["max_us"].as_f64().unwrap();
@@ -270,10 +250,7 @@ fn open_loop_reports_offered_and_achieved_rate() {
     assert_counts_add_up(t);
     assert_eq!(t["offered_rate"].as_f64(), Some(2000.0));
     let achieved = t["achieved_rate"].as_f64().unwrap();
-    assert!(
-        achieved > 1000.0 && achieved < 2400.0,
-        "achieved {achieved}"
-    );
+    assert!(achieved > 1000.0 && achieved < 2400.0, "achieved {achieved}");
     assert!(t["send_lag"]["count"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_file(json);
 }
@@ -344,11 +321,7 @@ fn a_server_dying_mid_run_is_counted_not_dropped() {
     std::thread::sleep(Duration::from_millis(1000));
     r.kill();
     let out = child.wait_with_output().expect("loadgen finishes");
-    assert!(
-        out.status.success(),
-        "loadgen must finish and report: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "loadgen must finish and report: {}", String::from_utf8_lossy(&out.stderr));
     let v = read_json(&json);
     let t = &v["targets"][0];
     assert_counts_add_up(t);
@@ -380,8 +353,7 @@ fn fake_wal_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
             let stop3 = stop2.clone();
             std::thread::spawn(move || {
                 s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                 let mut buf: Vec<u8> = Vec::new();
                 let mut chunk = [0u8; 65536];
                 while !stop3.load(Ordering::Relaxed) {
@@ -406,9 +378,7 @@ fn fake_wal_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
                                     "# Server\r\nredis_version:7.2.0\r\nringcache_version:0.0.0-fake\r\ndurability:wal-group\r\n# Persistence\r\nwal_records:{r}\r\nwal_fsyncs:{}\r\n",
                                     r / 10
                                 );
-                                out.extend_from_slice(
-                                    format!("${}\r\n{body}\r\n", body.len()).as_bytes(),
-                                );
+                                out.extend_from_slice(format!("${}\r\n{body}\r\n", body.len()).as_bytes());
                             }
                             _ => out.extend_from_slice(b"-ERR unknown command\r\n"),
                         }
@@ -430,17 +400,11 @@ fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
         Some((&buf[at..at + i], at + i + 2))
     }
     let (head, mut pos) = line(buf, 0)?;
-    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
-        .ok()?
-        .parse()
-        .ok()?;
+    let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?).ok()?.parse().ok()?;
     let mut args = Vec::with_capacity(n);
     for _ in 0..n {
         let (len, p) = line(buf, pos)?;
-        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
-            .ok()?
-            .parse()
-            .ok()?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?).ok()?.parse().ok()?;
         if buf.len() < p + len + 2 {
             return None;
         }
@@ -479,9 +443,7 @@ fn wal_counters_give_fsyncs_per_second_and_records_per_fsync() {
     assert_counts_add_up(t);
     let fps = t["fsyncs_per_s"].as_f64().expect("fsyncs/s reported");
     assert!(fps > 0.0, "{fps}");
-    let rpf = t["records_per_fsync"]
-        .as_f64()
-        .expect("records/fsync reported");
+    let rpf = t["records_per_fsync"].as_f64().expect("records/fsync reported");
     assert!((rpf - 10.0).abs() < 1.0, "records per fsync {rpf}");
     assert_eq!(t["persistence"]["fsync_field"], "wal_fsyncs");
     // Every GET missed on this server.

@@ -20,6 +20,7 @@ pub mod table;
 use crate::resp::parse::parse_i64;
 use crate::resp::ReplyWriter;
 use crate::store::{Entry, Store};
+use crate::wal::{Record, ShardLog};
 use bytes::Bytes;
 pub use table::{lookup, CommandSpec, Route};
 
@@ -33,9 +34,12 @@ pub mod err {
     pub const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 }
 
-/// What a key command gets to work with: one shard's store, the time, and limits.
+/// What a key command gets to work with: one shard's store, its log, the time, and limits.
 pub struct Exec<'a> {
     pub store: &'a mut Store,
+    /// The shard's write-ahead log, when durability is on: every write appends its
+    /// after-image here.
+    pub wal: Option<&'a ShardLog>,
     /// The command's notion of "now" (Unix ms), taken once per command.
     pub now_ms: u64,
     /// `proto-max-bulk-len`: the largest value a command may create.
@@ -56,6 +60,12 @@ impl Exec<'_> {
         self.store.contains(key, self.now_ms)
     }
 
+    fn log(&self, rec: Record<'_>) {
+        if let Some(w) = self.wal {
+            w.append(&rec);
+        }
+    }
+
     /// Stores `key = value` with `expire_at_ms`; an expiry not in the future deletes the key
     /// instead (as Redis does for `SET ... EXAT <past>`).
     pub fn write_set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>) {
@@ -69,17 +79,24 @@ impl Exec<'_> {
             self.write_del(&key);
             return;
         }
+        self.log(Record::Set { key: entry.key(), value: entry.value(), expire_at_ms: entry.expire_at_ms() });
         self.store.put(entry, self.now_ms);
     }
 
     /// Deletes `key`; returns whether a live key was removed.
     pub fn write_del(&mut self, key: &[u8]) -> bool {
-        self.store.remove(key, self.now_ms).is_some()
+        let removed = self.store.remove(key, self.now_ms).is_some();
+        if removed {
+            self.log(Record::Del { key });
+        }
+        removed
     }
 
     /// Removes and returns a live key's entry (RENAME, GETDEL).
     pub fn write_take(&mut self, key: &[u8]) -> Option<Entry> {
-        self.store.remove(key, self.now_ms)
+        let e = self.store.remove(key, self.now_ms)?;
+        self.log(Record::Del { key });
+        Some(e)
     }
 
     /// Sets (`Some`) or clears (`None`) a live key's expiry. A time not in the future deletes
@@ -87,12 +104,19 @@ impl Exec<'_> {
     pub fn write_expire(&mut self, key: &[u8], expire_at_ms: Option<u64>) -> bool {
         match expire_at_ms {
             Some(t) if t <= self.now_ms => self.write_del(key),
-            _ => self.store.set_expiry(key, expire_at_ms, self.now_ms),
+            _ => {
+                let done = self.store.set_expiry(key, expire_at_ms, self.now_ms);
+                if done {
+                    self.log(Record::Expire { key, expire_at_ms });
+                }
+                done
+            }
         }
     }
 
     pub fn write_flush(&mut self) {
         self.store.clear();
+        self.log(Record::FlushAll);
     }
 }
 
@@ -102,7 +126,12 @@ pub fn int_arg(arg: &[u8]) -> Result<i64, &'static str> {
 }
 
 /// Runs a key command whose keys all belong to the store in `cx`. The arity has been checked.
+/// A write command is refused (before it changes anything) when the shard's log cannot take
+/// writes.
 pub fn execute_keyed(spec: &CommandSpec, args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+    if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| spec.is_write()) {
+        return out.error(&refusal);
+    }
     match spec.name {
         "get" => strings::get(args, cx, out),
         "set" => strings::set(args, cx, out),

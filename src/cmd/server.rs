@@ -108,7 +108,18 @@ pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes],
             if args.len() > 2 || (args.len() == 2 && !matches!(upper(&args[1]).as_str(), "ASYNC" | "SYNC")) {
                 return out.error(err::SYNTAX);
             }
-            on_all_shards(&shard, || AdminOp::Flush).await;
+            let results = on_all_shards(&shard, || AdminOp::Flush).await;
+            for r in results {
+                match r {
+                    AdminResult::Refused(e) => return out.error(&e),
+                    AdminResult::Failed(e) => {
+                        conn.abort = true;
+                        tracing::warn!("FLUSHALL not durable: {e}");
+                        return;
+                    }
+                    _ => {}
+                }
+            }
             out.ok();
         }
         "shutdown" => {
@@ -136,6 +147,7 @@ pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes],
             }
         }
         "scan" => scan(conn, args, &mut out).await,
+        "waitaof" => waitaof(conn, args, &mut out).await,
         "randomkey" => {
             let n = shard.shards();
             let start = rand::random::<u32>() as usize % n;
@@ -471,7 +483,18 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("maxmemory", "0".into(), false),
         ("maxmemory-policy", "noeviction".into(), false),
         ("save", String::new(), false),
-        ("appendonly", "no".into(), false),
+        ("appendonly", if g.config.durability == crate::wal::Durability::Off { "no" } else { "yes" }.into(), false),
+        (
+            "appendfsync",
+            match g.config.durability {
+                crate::wal::Durability::Sync => "always",
+                _ => "everysec",
+            }
+            .into(),
+            false,
+        ),
+        ("durability", format!("{:?}", g.config.durability).to_ascii_lowercase(), false),
+        ("dir", g.config.data_dir.display().to_string(), false),
         ("timeout", "0".into(), false),
     ]
 }
@@ -562,7 +585,7 @@ fn rss_bytes() -> u64 {
 
 /// Builds the INFO text for the requested sections (all default ones when none given).
 async fn info(conn: &Conn, sections: &[Bytes]) -> String {
-    let all = ["server", "clients", "memory", "stats", "keyspace"];
+    let all = ["server", "clients", "memory", "persistence", "stats", "keyspace"];
     let wanted: Vec<String> = if sections.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
     } else {
@@ -580,8 +603,12 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
     let shard = conn.shard.clone();
     let g = shard.global.clone();
     let mut total = ShardReport::default();
+    let mut wals = Vec::new();
     for r in on_all_shards(&shard, || AdminOp::Report).await {
         if let AdminResult::Report(r) = r {
+            if let Some(w) = &r.wal {
+                wals.push(w.clone());
+            }
             total.store.keys += r.store.keys;
             total.store.keys_with_ttl += r.store.keys_with_ttl;
             total.store.used_bytes += r.store.used_bytes;
@@ -644,6 +671,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             used.checked_div(total.store.keys).unwrap_or(0),
         ),
     );
+    section("persistence", persistence(&g.config, &wals));
     section(
         "stats",
         format!(
@@ -667,6 +695,105 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
     };
     section("keyspace", keyspace);
     s
+}
+
+/// INFO persistence: the durability mode, the log's figures summed over shards, recovery, and
+/// each shard's fault state. Redis field names where they mean the same (`aof_enabled`,
+/// `loading`), `wal_*` for the rest.
+fn persistence(config: &crate::config::Config, wals: &[crate::shard::ops::WalReport]) -> String {
+    use std::fmt::Write;
+    let mode = format!("{:?}", config.durability).to_ascii_lowercase();
+    let mut s = format!(
+        "loading:0\r\ndurability:{mode}\r\naof_enabled:{}\r\nwal_dir:{}\r\n",
+        (config.durability != crate::wal::Durability::Off) as u8,
+        if wals.is_empty() { String::new() } else { config.data_dir.display().to_string() },
+    );
+    if wals.is_empty() {
+        return s;
+    }
+    let sum = |f: &dyn Fn(&crate::shard::ops::WalReport) -> u64| wals.iter().map(f).sum::<u64>();
+    let flushes = sum(&|w| w.stats.flushes);
+    let records = sum(&|w| w.stats.records);
+    let us_total = sum(&|w| w.stats.flush_us_total);
+    let _ = write!(
+        s,
+        "wal_io:{}\r\nwal_flush_interval_ms:{}\r\nwal_segment_bytes:{}\r\nwal_bytes_written:{}\r\nwal_records:{records}\r\n\
+         wal_fsyncs:{flushes}\r\nwal_records_per_fsync:{:.2}\r\nwal_fsync_avg_us:{}\r\nwal_fsync_max_us:{}\r\n\
+         wal_segments_created:{}\r\nwal_pending_records:{}\r\n\
+         recovery_segments:{}\r\nrecovery_records:{}\r\nrecovery_bytes:{}\r\nrecovery_torn_tails:{}\r\n\
+         recovery_corrupt_segments:{}\r\nrecovery_keys_loaded:{}\r\nrecovery_ms:{}\r\n",
+        if wals.iter().all(|w| w.io_mode == crate::wal::file::IoMode::Direct) { "direct" } else { "buffered" },
+        config.wal_flush_interval_ms,
+        config.wal_segment_bytes,
+        sum(&|w| w.stats.bytes_written),
+        if flushes == 0 { 0.0 } else { records as f64 / flushes as f64 },
+        us_total.checked_div(flushes).unwrap_or(0),
+        wals.iter().map(|w| w.stats.flush_us_max).max().unwrap_or(0),
+        sum(&|w| w.stats.segments_created),
+        sum(&|w| (w.last_lsn + 1).saturating_sub(w.durable_lsn)),
+        sum(&|w| w.recovery.segments),
+        sum(&|w| w.recovery.records),
+        sum(&|w| w.recovery.bytes_read),
+        sum(&|w| w.recovery.torn_tails),
+        sum(&|w| w.recovery.corrupt_segments),
+        sum(&|w| w.recovery.keys_loaded),
+        wals.iter().map(|w| w.recovery.duration_ms).max().unwrap_or(0),
+    );
+    for (i, w) in wals.iter().enumerate() {
+        let state = match &w.fault {
+            None => "ok".to_string(),
+            Some(crate::wal::LogFault::NoSpace(_)) => "no_space".to_string(),
+            Some(crate::wal::LogFault::Failed(_)) => "failed".to_string(),
+        };
+        let _ = write!(s, "wal_shard{i}:state={state},last_lsn={},durable_lsn={}\r\n", w.last_lsn, w.durable_lsn);
+    }
+    s
+}
+
+/// WAITAOF numlocal numreplicas timeout (Redis 7.2): waits until every write logged so far on
+/// every shard is durable; replies `[numlocal, 0]` (there are no replicas).
+async fn waitaof(conn: &Conn, args: &[Bytes], out: &mut ReplyWriter<'_>) {
+    let (numlocal, numreplicas, timeout) =
+        match (super::int_arg(&args[1]), super::int_arg(&args[2]), super::int_arg(&args[3])) {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            _ => return out.error(err::NOT_INT),
+        };
+    if timeout < 0 {
+        return out.error("ERR timeout is negative");
+    }
+    if numlocal < 0 || numreplicas < 0 {
+        return out.error(err::NOT_INT);
+    }
+    let shard = conn.shard.clone();
+    if numlocal > 0 && shard.wal.is_none() {
+        return out.error("ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.");
+    }
+    let wait_all = async {
+        let mut ok = true;
+        for s in 0..shard.shards() {
+            ok &= if s == shard.id {
+                match &shard.wal {
+                    Some(w) => w.wait_all_durable().await.is_ok(),
+                    None => true,
+                }
+            } else {
+                matches!(shard.call(s, crate::shard::Request::WaitDurable).await, crate::shard::Response::Locked)
+            };
+        }
+        ok
+    };
+    let durable = if timeout == 0 || numlocal == 0 {
+        wait_all.await
+    } else {
+        futures_lite::future::or(wait_all, async {
+            glommio::timer::sleep(std::time::Duration::from_millis(timeout as u64)).await;
+            false
+        })
+        .await
+    };
+    out.array(2);
+    out.integer(if durable && shard.wal.is_some() { 1 } else { 0 });
+    out.integer(0);
 }
 
 fn uname() -> String {

@@ -39,6 +39,11 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// Whether the command may change the keyspace (refused while the log cannot take writes).
+    pub fn is_write(&self) -> bool {
+        self.flags.contains(&"write")
+    }
+
     pub fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i32;
         if self.arity >= 0 {

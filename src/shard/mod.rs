@@ -117,6 +117,8 @@ pub enum Request {
     Part { tx: u64, op: PartOp },
     /// Server-wide commands (DBSIZE, SCAN, INFO, ...) that visit every shard.
     Admin(AdminOp),
+    /// Respond once everything logged on the shard so far is durable (WAITAOF).
+    WaitDurable,
 }
 
 pub enum Response {
@@ -130,6 +132,9 @@ pub enum Response {
     Admin(AdminResult),
     /// The shard could not be reached (shutting down).
     Unavailable,
+    /// The shard's log failed before the request's effects became durable: nothing may be
+    /// acknowledged (sync mode).
+    Failed(String),
 }
 
 /// Per-shard counters for INFO stats.
@@ -296,17 +301,30 @@ pub struct Shard {
     pub clients: RefCell<HashMap<u64, Rc<RefCell<ClientInfo>>>>,
     /// Set when the server shuts down: accept loops and idle connections stop.
     pub shutdown: LocalEvent,
+    /// The write-ahead log (None with `--durability off`).
+    pub wal: Option<Rc<crate::wal::ShardLog>>,
+    /// What recovery found at startup.
+    pub recovery: RefCell<crate::wal::replay::RecoveryStats>,
     senders: Option<Senders<Msg>>,
     pending: RefCell<HashMap<u64, Rc<Slot>>>,
     next_id: Cell<u64>,
 }
 
 impl Shard {
-    pub fn new(id: usize, global: Arc<Global>, senders: Option<Senders<Msg>>) -> Rc<Shard> {
+    pub fn new(
+        id: usize,
+        global: Arc<Global>,
+        senders: Option<Senders<Msg>>,
+        store: Store,
+        wal: Option<Rc<crate::wal::ShardLog>>,
+        recovery: crate::wal::replay::RecoveryStats,
+    ) -> Rc<Shard> {
         Rc::new(Shard {
             id,
             global,
-            store: RefCell::new(Store::new(rand::random())),
+            wal,
+            recovery: RefCell::new(recovery),
+            store: RefCell::new(store),
             gate: Gate::default(),
             stats: ShardStats::default(),
             clients: RefCell::default(),
@@ -319,6 +337,44 @@ impl Shard {
 
     pub fn shards(&self) -> usize {
         self.global.shards
+    }
+
+    /// The execution context for key commands on this shard.
+    pub fn exec<'a>(&'a self, store: &'a mut Store) -> crate::cmd::Exec<'a> {
+        crate::cmd::Exec {
+            store,
+            wal: self.wal.as_deref(),
+            now_ms: crate::store::now_ms(),
+            max_value_bytes: self.global.proto_max_bulk_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The log, if in `sync` mode.
+    pub fn sync_wal(&self) -> Option<&Rc<crate::wal::ShardLog>> {
+        self.wal.as_ref().filter(|w| w.durability() == crate::wal::Durability::Sync)
+    }
+
+    /// Responds once everything logged so far is durable when in `sync` mode (a reply may
+    /// reveal a write, or a value another client wrote, only once it is durable); at once
+    /// otherwise. Waits in a task, so the receive loop goes on.
+    fn respond_when_durable(self: &Rc<Self>, to: usize, id: u64, resp: Response, always: bool) {
+        let wal = if always { self.wal.as_ref() } else { self.sync_wal() };
+        if let Some(w) = wal {
+            let last = w.last_lsn();
+            if last >= w.durable_lsn() {
+                let (me, w) = (self.clone(), w.clone());
+                glommio::spawn_local(async move {
+                    let resp = match w.wait_durable(last).await {
+                        Ok(()) => resp,
+                        Err(e) => Response::Failed(e),
+                    };
+                    me.respond(to, id, resp);
+                })
+                .detach();
+                return;
+            }
+        }
+        self.respond(to, id, resp);
     }
 
     /// A transaction id unique across shards.
@@ -424,22 +480,23 @@ impl Shard {
                 }
                 Request::Part { tx, op } => {
                     let r = ops::run_part(self, tx, op);
-                    self.respond(from, id, Response::Part(r));
+                    self.respond_when_durable(from, id, Response::Part(r), false);
                 }
                 Request::Admin(op) => {
                     let r = ops::run_admin(self, op);
-                    self.respond(from, id, Response::Admin(r));
+                    self.respond_when_durable(from, id, Response::Admin(r), false);
                 }
+                Request::WaitDurable => self.respond_when_durable(from, id, Response::Locked, true),
                 Request::Batch { proto, cmds } => {
                     if !self.gate.is_held() {
                         let resp = ops::run_batch(self, proto, &cmds);
-                        self.respond(from, id, resp);
+                        self.respond_when_durable(from, id, resp, false);
                     } else {
                         let me = self.clone();
                         glommio::spawn_local(async move {
                             me.gate.wait_free().await;
                             let resp = ops::run_batch(&me, proto, &cmds);
-                            me.respond(from, id, resp);
+                            me.respond_when_durable(from, id, resp, false);
                         })
                         .detach();
                     }

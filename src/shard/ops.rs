@@ -11,7 +11,6 @@ use crate::resp::{Protocol, ReplyWriter};
 use crate::store::{now_ms, Entry, StoreStats};
 use bytes::Bytes;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
 /// One shard's part of a multi-shard command. Runs while the transaction holds the shard's gate.
 pub enum PartOp {
@@ -36,6 +35,8 @@ pub enum PartResult {
     Done,
     /// The transaction did not hold this shard's gate: a bug, reported rather than ignored.
     NotLocked,
+    /// The shard's log cannot take writes now (the error reply to give).
+    Refused(String),
 }
 
 /// Server-wide operations, sent to every shard.
@@ -64,20 +65,39 @@ pub struct ShardReport {
     pub net_input_bytes: u64,
     pub net_output_bytes: u64,
     pub connected_clients: u64,
+    pub wal: Option<WalReport>,
+}
+
+/// A shard's log figures for INFO persistence.
+#[derive(Debug, Clone)]
+pub struct WalReport {
+    pub io_mode: crate::wal::file::IoMode,
+    pub fault: Option<crate::wal::LogFault>,
+    pub last_lsn: u64,
+    pub durable_lsn: u64,
+    pub stats: crate::wal::writer::LogStats,
+    pub recovery: crate::wal::replay::RecoveryStats,
 }
 
 pub enum AdminResult {
     Count(i64),
     Keys(Vec<Vec<u8>>),
-    Scan { next: u64, keys: Vec<Vec<u8>> },
+    Scan {
+        next: u64,
+        keys: Vec<Vec<u8>>,
+    },
     Key(Option<Vec<u8>>),
     Report(Box<ShardReport>),
     Clients(Vec<String>),
     Done,
+    /// A write refused because the log cannot take writes (the error reply to give).
+    Refused(String),
+    /// The log failed before the effects became durable (sync mode).
+    Failed(String),
 }
 
-fn exec<'a>(shard: &Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
-    Exec { store, now_ms: now_ms(), max_value_bytes: shard.global.proto_max_bulk_len.load(Ordering::Relaxed) }
+fn exec<'a>(shard: &'a Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
+    shard.exec(store)
 }
 
 /// Runs single-shard key commands in order and returns their encoded replies.
@@ -105,6 +125,10 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> PartResult {
     }
     let mut store = shard.store.borrow_mut();
     let mut cx = exec(shard, &mut store);
+    let writes = !matches!(op, PartOp::Mget(_) | PartOp::Exists(_));
+    if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| writes) {
+        return PartResult::Refused(refusal);
+    }
     match op {
         PartOp::Mget(keys) => {
             PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(|e| e.value().to_vec())).collect())
@@ -130,7 +154,12 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
     match op {
         AdminOp::DbSize => AdminResult::Count(shard.store.borrow().len() as i64),
         AdminOp::Flush => {
-            exec(shard, &mut shard.store.borrow_mut()).write_flush();
+            let mut store = shard.store.borrow_mut();
+            let mut cx = exec(shard, &mut store);
+            if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()) {
+                return AdminResult::Refused(refusal);
+            }
+            cx.write_flush();
             AdminResult::Done
         }
         AdminOp::Keys(pattern) => {
@@ -176,6 +205,14 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
             net_input_bytes: shard.stats.net_input_bytes.get(),
             net_output_bytes: shard.stats.net_output_bytes.get(),
             connected_clients: shard.clients.borrow().len() as u64,
+            wal: shard.wal.as_ref().map(|w| WalReport {
+                io_mode: w.io_mode(),
+                fault: w.fault(),
+                last_lsn: w.last_lsn(),
+                durable_lsn: w.durable_lsn(),
+                stats: w.stats(),
+                recovery: shard.recovery.borrow().clone(),
+            }),
         })),
         AdminOp::ClientList => {
             let clients = shard.clients.borrow();
@@ -206,10 +243,16 @@ pub async fn on_all_shards(shard: &Rc<Shard>, op: impl Fn() -> AdminOp) -> Vec<A
     let mut calls = calls.into_iter();
     for s in 0..shard.shards() {
         if s == shard.id {
-            results.push(run_admin(shard, op()));
+            let r = run_admin(shard, op());
+            let r = match wait_local_durable(shard).await {
+                Ok(()) => r,
+                Err(e) => AdminResult::Failed(e),
+            };
+            results.push(r);
         } else if let Some(Some(call)) = calls.next() {
             match call.await {
                 Response::Admin(r) => results.push(r),
+                Response::Failed(e) => results.push(AdminResult::Failed(e)),
                 _ => results.push(AdminResult::Done),
             }
         } else {
@@ -219,13 +262,26 @@ pub async fn on_all_shards(shard: &Rc<Shard>, op: impl Fn() -> AdminOp) -> Vec<A
     results
 }
 
+/// In `sync` mode, waits until everything logged on this shard so far is durable.
+pub async fn wait_local_durable(shard: &Shard) -> Result<(), String> {
+    match shard.sync_wal() {
+        Some(w) => w.wait_all_durable().await,
+        None => Ok(()),
+    }
+}
+
 /// Runs `op` on shard `to` (directly when it is this shard).
 pub async fn on_shard(shard: &Rc<Shard>, to: usize, op: AdminOp) -> AdminResult {
     if to == shard.id {
-        return run_admin(shard, op);
+        let r = run_admin(shard, op);
+        return match wait_local_durable(shard).await {
+            Ok(()) => r,
+            Err(e) => AdminResult::Failed(e),
+        };
     }
     match shard.call(to, Request::Admin(op)).await {
         Response::Admin(r) => r,
+        Response::Failed(e) => AdminResult::Failed(e),
         _ => AdminResult::Done,
     }
 }

@@ -670,6 +670,24 @@ impl FlushBuf {
         Ok(lsn)
     }
 
+    /// Appends every record of `later`, a flush started at this one's [`next_lsn`](Self::next_lsn)
+    /// (records appended while this flush was being written and failed with ENOSPC), so that a
+    /// retry writes them all in LSN order. A `later` that does not continue this flush is
+    /// ignored.
+    pub fn absorb(&mut self, later: &FlushBuf) {
+        if later.first_lsn != self.next_lsn {
+            return;
+        }
+        let Some(records) = later.buf.get(FLUSH_HEADER_BYTES..FLUSH_HEADER_BYTES + later.records_len) else {
+            return;
+        };
+        self.buf.truncate(FLUSH_HEADER_BYTES + self.records_len);
+        self.buf.extend_from_slice(records);
+        self.records_len += later.records_len;
+        self.record_count += later.record_count;
+        self.next_lsn = later.next_lsn;
+    }
+
     /// Seals the flush for the segment with id `segment_id` at file offset `offset` (a block
     /// boundary after the segment header): fills in the record checksums and the flush header,
     /// zero-pads to a whole number of blocks, and returns the bytes to write at `offset`.

@@ -1,8 +1,8 @@
 //! The per-shard write-ahead log: on-disk format, encoding and scanning.
 //!
-//! This module is the pure half of the WAL: it turns records into blocks and blocks back into
-//! records, over byte slices, with no I/O. The I/O half (glommio DMA files, group commit,
-//! fdatasync, moving files aside) builds on it. The format is specified byte by byte in
+//! `format`, `scan` and `recovery` are the pure half of the WAL: they turn records into blocks
+//! and blocks back into records, over byte slices, with no I/O. `file`, `writer` and `replay`
+//! are the I/O half (glommio DMA files, group commit, recovery at startup) built on them. The format is specified byte by byte in
 //! `docs/WAL.md`, with the argument for each crash case and the recovery decision table.
 //!
 //! # Shape of the log
@@ -45,12 +45,20 @@
 //!   corrupt); [`Records`] iterates its valid records zero-copy.
 //! - [`recovery`]: [`LogScanner`] checks the joins between segments; [`RecoveryMode`] decides
 //!   what to do about what was found.
+//! - [`file`]: the segment file (O_DIRECT + O_DSYNC, buffered fallback), directory fsync.
+//! - [`writer`]: the per-shard writer: group commit, rotation, durability modes, failures.
+//! - [`replay`]: the data directory layout and recovery at startup.
 
-#![deny(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
-
+// The pure format code reads untrusted bytes: every item documented, and no construct that can
+// panic on input.
+#[deny(missing_docs)]
+#[cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 pub mod format;
+#[deny(missing_docs)]
+#[cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 pub mod recovery;
+#[deny(missing_docs)]
+#[cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 pub mod scan;
 
 #[cfg(test)]
@@ -63,3 +71,9 @@ pub use format::{
 };
 pub use recovery::{Corruption, Evidence, LogOutcome, LogScanner, RecoveryAction, RecoveryMode, WalError};
 pub use scan::{scan_segment, Damage, LaterFlush, Records, SegmentEnd, SegmentScan};
+
+pub mod file;
+pub mod replay;
+pub mod writer;
+
+pub use writer::{Durability, LogConfig, LogFault, ShardLog};

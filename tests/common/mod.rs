@@ -62,10 +62,16 @@ impl Server {
         false
     }
 
-    /// Spawns the binary with exactly `args` and waits for its `listening on` line.
+    /// Spawns the binary with `args` and waits for its `listening on` line. Unless `args` pick
+    /// a durability mode, the server runs with `--durability off` (in memory, no data
+    /// directory), so parallel tests never share one.
     pub fn spawn(args: &[String]) -> Server {
+        let mut args = args.to_vec();
+        if !args.iter().any(|a| a == "--durability") {
+            args.extend(["--durability".to_string(), "off".to_string()]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcache"))
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,309 @@
+//! Recovery: the data directory's layout, and replaying a shard's log into its store.
+//!
+//! # Data directory
+//! ```text
+//! <data-dir>/LOCK                 flock'ed by the running server (one server per directory)
+//! <data-dir>/LAYOUT               "shards=N generation=G": which logs are authoritative
+//! <data-dir>/gen-G/shard-NNN/     one directory of segments per shard
+//! ```
+//! `LAYOUT` is only ever replaced atomically (write temp, fsync, rename, fsync directory). It
+//! is the commit point of a change of `--threads`: until it names the new generation, the old
+//! one is the truth, and a half-written new generation is removed at the next start.
+//!
+//! # Replay
+//! Each shard reads its segments in LSN order (all of a segment, including its preallocated
+//! tail, which reads as zeros), checks them with [`LogScanner`], and applies the valid records
+//! to its store. [`RecoveryMode::decide`] then says what to do about a torn tail or corruption,
+//! and the action is carried out on disk before the shard writes anything.
+//!
+//! # Changing the number of shards
+//! With `--threads M` over a log written by N shards, every new shard reads all N old logs and
+//! keeps the records of keys it owns under M (`FLUSHALL` applies to all). It then writes its
+//! whole state as SET records into a fresh log in generation G+1, durably. When every shard has
+//! done so, `LAYOUT` is switched to G+1 and generation G is deleted.
+
+use super::file::{sync_dir, write_atomic};
+use super::format::{parse_segment_file_name, Record};
+use super::recovery::{LogScanner, RecoveryAction, RecoveryMode};
+use crate::store::{Entry, Store};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What recovery found and did, for the log and INFO persistence.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryStats {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes_read: u64,
+    pub torn_tails: u64,
+    pub corrupt_segments: u64,
+    pub duration_ms: u64,
+    pub keys_loaded: u64,
+    pub next_lsn: u64,
+}
+
+/// Errors that stop a shard from starting. Corruption is kept apart from I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(
+        "WAL corruption in {path} at offset {offset} (LSN {lsn}): {detail}. Acknowledged writes after this point cannot be \
+         trusted. To start anyway with the log cut at the last valid flush (the rest is moved to a .corrupt file, never \
+         deleted), restart with --recovery tolerate-corruption"
+    )]
+    Corruption { path: PathBuf, offset: u64, lsn: u64, detail: String },
+    #[error("WAL in {dir}: {detail}")]
+    Invalid { dir: PathBuf, detail: String },
+    #[error("bad LAYOUT file in {dir}: {detail} (fix or remove it; it must read 'shards=N generation=G')")]
+    Layout { dir: PathBuf, detail: String },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RecoverError + 'a {
+    move |source| RecoverError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Contents of the `LAYOUT` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub shards: u32,
+    pub generation: u64,
+}
+
+impl Layout {
+    pub fn read(data_dir: &Path) -> Result<Option<Layout>, RecoverError> {
+        let path = data_dir.join("LAYOUT");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RecoverError::Io { op: "read", path, source: e }),
+        };
+        let bad = |detail: &str| RecoverError::Layout { dir: data_dir.to_path_buf(), detail: detail.to_string() };
+        let mut shards = None;
+        let mut generation = None;
+        for field in text.split_whitespace() {
+            match field.split_once('=') {
+                Some(("shards", v)) => shards = v.parse().ok(),
+                Some(("generation", v)) => generation = v.parse().ok(),
+                _ => return Err(bad(&format!("unknown field '{field}'"))),
+            }
+        }
+        match (shards, generation) {
+            (Some(s), Some(g)) if s > 0 => Ok(Some(Layout { shards: s, generation: g })),
+            _ => Err(bad("missing or invalid shards/generation")),
+        }
+    }
+
+    pub fn write(&self, data_dir: &Path) -> Result<(), RecoverError> {
+        let text = format!("shards={} generation={}\n", self.shards, self.generation);
+        write_atomic(data_dir, "LAYOUT", text.as_bytes()).map_err(io("write", data_dir))
+    }
+
+    pub fn generation_dir(data_dir: &Path, generation: u64) -> PathBuf {
+        data_dir.join(format!("gen-{generation}"))
+    }
+
+    pub fn shard_dir(data_dir: &Path, generation: u64, shard: u32) -> PathBuf {
+        Self::generation_dir(data_dir, generation).join(format!("shard-{shard:03}"))
+    }
+}
+
+/// Removes generation directories other than `keep` (left by an interrupted layout change or
+/// a completed one whose cleanup did not finish).
+pub fn remove_other_generations(data_dir: &Path, keep: u64) -> Result<(), RecoverError> {
+    let entries = std::fs::read_dir(data_dir).map_err(io("list", data_dir))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(g) = name.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()) {
+            if g != keep {
+                tracing::info!("removing stale log generation {}", e.path().display());
+                std::fs::remove_dir_all(e.path()).map_err(io("remove", data_dir))?;
+            }
+        }
+    }
+    sync_dir(data_dir).map_err(io("fsync", data_dir))
+}
+
+/// Applies one record to a store (replay). Expired values are dropped as they load.
+pub fn apply(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
+    match *rec {
+        Record::Set { key, value, expire_at_ms } => {
+            if expire_at_ms.is_some_and(|t| t <= now_ms) {
+                store.remove(key, now_ms);
+            } else {
+                store.put(Entry::new(key, value, expire_at_ms), now_ms);
+            }
+        }
+        Record::Del { key } => {
+            store.remove(key, now_ms);
+        }
+        Record::Expire { key, expire_at_ms } => {
+            if expire_at_ms.is_some_and(|t| t <= now_ms) {
+                store.remove(key, now_ms);
+            } else {
+                store.set_expiry(key, expire_at_ms, now_ms);
+            }
+        }
+        Record::FlushAll => store.clear(),
+    }
+}
+
+/// Replays the log in `dir` (segments of shard `shard_id` of `shard_count`), calling `f` for
+/// every valid record in order, and carries out the recovery action on disk when `repair`.
+/// Returns the LSN the shard continues from.
+pub fn replay_dir(
+    dir: &Path,
+    shard_id: u32,
+    shard_count: u32,
+    mode: RecoveryMode,
+    repair: bool,
+    stats: &mut RecoveryStats,
+    mut f: impl FnMut(&Record<'_>),
+) -> Result<u64, RecoverError> {
+    let mut segments: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                parse_segment_file_name(&name).map(|lsn| (lsn, e.path()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(RecoverError::Io { op: "list", path: dir.to_path_buf(), source: e }),
+    };
+    segments.sort();
+    let mut scanner = LogScanner::new(shard_id, shard_count);
+    for (lsn, path) in &segments {
+        let bytes = std::fs::read(path).map_err(io("read", path))?;
+        stats.segments += 1;
+        stats.bytes_read += bytes.len() as u64;
+        let scan = scanner
+            .push(*lsn, &bytes)
+            .map_err(|e| RecoverError::Invalid { dir: dir.to_path_buf(), detail: e.to_string() })?;
+        if let Some(scan) = scan {
+            for r in scan.records() {
+                stats.records += 1;
+                f(&r.record);
+            }
+        }
+    }
+    let outcome = scanner.finish();
+    let action = match mode.decide(&outcome) {
+        Ok(a) => a,
+        Err(super::recovery::WalError::Corruption(c)) => {
+            let path = segments
+                .iter()
+                .find(|(l, _)| *l == c.segment_lsn)
+                .map_or_else(|| dir.to_path_buf(), |(_, p)| p.clone());
+            return Err(RecoverError::Corruption {
+                path,
+                offset: c.damage.offset,
+                lsn: c.damage.lsn,
+                detail: format!("{:?}; evidence: {}", c.damage.reason, c.evidence),
+            });
+        }
+        Err(e) => return Err(RecoverError::Invalid { dir: dir.to_path_buf(), detail: e.to_string() }),
+    };
+    let seg_path = |lsn: u64| segments.iter().find(|(l, _)| *l == lsn).map(|(_, p)| p.clone());
+    let next = match action {
+        RecoveryAction::Continue { next_lsn } => next_lsn.unwrap_or(1),
+        RecoveryAction::TruncateTail { segment_lsn, offset, next_lsn } => {
+            stats.torn_tails += 1;
+            tracing::warn!(
+                shard = shard_id,
+                segment_lsn,
+                offset,
+                next_lsn,
+                "WAL ends in a torn flush (never acknowledged): truncating it"
+            );
+            if repair {
+                if let Some(p) = seg_path(segment_lsn) {
+                    truncate_or_remove(&p, offset)?;
+                }
+                sync_dir(dir).map_err(io("fsync", dir))?;
+            }
+            next_lsn
+        }
+        RecoveryAction::SetAsideFrom { segment_lsn, offset, next_lsn } => {
+            stats.corrupt_segments += 1;
+            tracing::error!(shard = shard_id, segment_lsn, offset, next_lsn, "WAL corruption: keeping the log up to the last valid flush, moving the rest aside (--recovery tolerate-corruption)");
+            if repair {
+                for (lsn, p) in &segments {
+                    if *lsn == segment_lsn {
+                        let bytes = std::fs::read(p).map_err(io("read", p))?;
+                        let tail = bytes.get(offset as usize..).unwrap_or(&[]);
+                        let aside = p.with_extension("log.corrupt");
+                        std::fs::write(&aside, tail).map_err(io("write", &aside))?;
+                        std::fs::File::open(&aside).and_then(|f| f.sync_all()).map_err(io("fsync", &aside))?;
+                        truncate_or_remove(p, offset)?;
+                    } else if *lsn > segment_lsn {
+                        let aside = p.with_extension("log.corrupt");
+                        std::fs::rename(p, &aside).map_err(io("rename", p))?;
+                    }
+                }
+                sync_dir(dir).map_err(io("fsync", dir))?;
+            }
+            next_lsn
+        }
+    };
+    stats.next_lsn = next;
+    Ok(next)
+}
+
+fn truncate_or_remove(path: &Path, offset: u64) -> Result<(), RecoverError> {
+    // A segment left with no flush (only its header, or less) holds nothing: remove it, so the
+    // writer can start a segment of the same first LSN.
+    if offset <= super::format::BLOCK_SIZE as u64 {
+        std::fs::remove_file(path).map_err(io("remove", path))
+    } else {
+        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("open", path))?;
+        f.set_len(offset).map_err(io("truncate", path))?;
+        f.sync_all().map_err(io("fsync", path))
+    }
+}
+
+/// Recovers one shard's store from the current layout, re-routing records when the shard
+/// count changed. Returns the LSN to continue from in `own_dir` (1 when starting a new
+/// generation).
+#[allow(clippy::too_many_arguments)]
+pub fn recover_shard(
+    data_dir: &Path,
+    layout: Option<Layout>,
+    shard_id: u32,
+    shard_count: u32,
+    mode: RecoveryMode,
+    store: &mut Store,
+) -> Result<RecoveryStats, RecoverError> {
+    let start = Instant::now();
+    let mut stats = RecoveryStats::default();
+    let now = crate::store::now_ms();
+    match layout {
+        None => stats.next_lsn = 1,
+        Some(l) if l.shards == shard_count => {
+            let dir = Layout::shard_dir(data_dir, l.generation, shard_id);
+            replay_dir(&dir, shard_id, shard_count, mode, true, &mut stats, |r| apply(store, r, now))?;
+        }
+        Some(l) => {
+            for old in 0..l.shards {
+                let dir = Layout::shard_dir(data_dir, l.generation, old);
+                // Read-only: the old generation is replaced as a whole once the new one is
+                // durable.
+                replay_dir(&dir, old, l.shards, mode, false, &mut stats, |r| {
+                    let mine = match r {
+                        Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
+                            crate::shard::shard_of(key, shard_count as usize) == shard_id as usize
+                        }
+                        Record::FlushAll => true,
+                    };
+                    if mine {
+                        apply(store, r, now);
+                    }
+                })?;
+            }
+            stats.next_lsn = 1;
+        }
+    }
+    stats.keys_loaded = store.len() as u64;
+    stats.duration_ms = start.elapsed().as_millis() as u64;
+    Ok(stats)
+}

@@ -1,0 +1,413 @@
+//! The per-shard log writer: group commit over aligned, preallocated segments.
+//!
+//! # Write path (every durable step, in order)
+//! 1. A write command runs on its shard and appends its after-image records to the shard's
+//!    pending [`FlushBuf`] ([`ShardLog::append`]); each record gets the next LSN.
+//! 2. The flusher task takes the whole pending buffer (everything appended while the previous
+//!    flush was in flight rides this one: group commit) and seals it into whole 4096-byte
+//!    blocks starting at the segment's next block boundary.
+//! 3. If the flush does not fit in the current segment, a new segment is made first: create
+//!    `wal-<next lsn>.log`, preallocate it (fallocate + fdatasync), write its header block
+//!    durably, fsync the directory. Only then is the flush written there.
+//! 4. One `O_DIRECT | O_DSYNC` write puts the flush on disk (buffered fallback: write +
+//!    fdatasync). When it returns, `durable_lsn` moves past the flush and waiters wake.
+//!
+//! At most one flush is in flight, and a block holding acknowledged records is never written
+//! again (the next flush starts at the next block): rules 1 and 2 of `docs/WAL.md`.
+//!
+//! # When a flush is written
+//! - `sync`: as soon as anything is pending (no timer when idle, one write per batch).
+//! - `async`: every `wal_flush_interval_ms`, or at once when the pending buffer reaches
+//!   `wal_buffer_bytes`. Writers are never blocked unless the log falls more than twice the
+//!   buffer behind (backpressure: then new writes wait for the flush).
+//!
+//! # Failures
+//! - **ENOSPC** on a write: nothing of that flush is durable; the records stay pending and the
+//!   write is retried every [`NO_SPACE_RETRY_MS`]. Meanwhile new write commands are refused
+//!   with `-MISCONF`; reads are served. Writes resume by themselves once space returns.
+//! - **Any other write or sync error**: the shard stops acknowledging for good (fail-stop).
+//!   After a failed fsync the page cache may have dropped the dirty data while reporting it
+//!   clean ("fsyncgate"), so retrying could claim durability for data that is gone. Waiting
+//!   connections are closed without their replies; new writes get `-IOERR`; INFO shows it; a
+//!   restart recovers from what is really on disk.
+
+use super::file::{sync_dir, IoMode, LogFile};
+use super::format::{segment_file_name, FlushBuf, Record, SegmentHeader, BLOCK_SIZE};
+use crate::shard::LocalEvent;
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Retry period of a flush that failed with ENOSPC.
+pub const NO_SPACE_RETRY_MS: u64 = 1000;
+
+/// What each durability mode promises. See `docs/DURABILITY.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// No log: the cache is in memory only and loses everything on restart.
+    Off,
+    /// Replies go out at once; the log is written at least every `--wal-flush-interval-ms`.
+    /// A crash loses at most that window, and what survives is a prefix of each shard's history.
+    Async,
+    /// No reply reveals a write before it is durable (the write's own reply, and any reply that
+    /// observed it).
+    Sync,
+}
+
+/// Why the log does not accept writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFault {
+    /// The disk is full; writes resume when a retry succeeds.
+    NoSpace(String),
+    /// A write or sync failed: fail-stop until restart.
+    Failed(String),
+}
+
+/// Counters for INFO persistence.
+#[derive(Debug, Default, Clone)]
+pub struct LogStats {
+    pub flushes: u64,
+    pub records: u64,
+    pub bytes_written: u64,
+    pub segments_created: u64,
+    pub flush_us_total: u64,
+    pub flush_us_max: u64,
+    pub delayed_writes: u64,
+}
+
+struct Segment {
+    file: Rc<LogFile>,
+    id: u64,
+    /// Next write offset (block aligned).
+    offset: u64,
+}
+
+/// Settings of a shard's log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub shard_id: u32,
+    pub shard_count: u32,
+    pub durability: Durability,
+    pub io_mode: IoMode,
+    pub segment_bytes: u64,
+    pub buffer_bytes: usize,
+    pub flush_interval_ms: u64,
+}
+
+/// One shard's log writer.
+pub struct ShardLog {
+    cfg: LogConfig,
+    pending: RefCell<FlushBuf>,
+    /// Spare buffer swapped in while a flush is written (no allocation per flush).
+    spare: RefCell<Option<FlushBuf>>,
+    segment: RefCell<Option<Segment>>,
+    /// Every LSN below this is durable.
+    durable_lsn: Cell<u64>,
+    fault: RefCell<Option<LogFault>>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+    kick: RefCell<Rc<LocalEvent>>,
+    stats: RefCell<LogStats>,
+}
+
+impl ShardLog {
+    /// A writer that will append from `next_lsn`. The first flush creates a new segment.
+    pub fn new(cfg: LogConfig, next_lsn: u64) -> Rc<ShardLog> {
+        let cap = cfg.buffer_bytes.min(8 << 20);
+        Rc::new(ShardLog {
+            pending: RefCell::new(FlushBuf::with_capacity(next_lsn, cap)),
+            spare: RefCell::new(Some(FlushBuf::with_capacity(next_lsn, cap))),
+            segment: RefCell::new(None),
+            durable_lsn: Cell::new(next_lsn),
+            fault: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            kick: RefCell::new(Rc::new(LocalEvent::default())),
+            stats: RefCell::new(LogStats::default()),
+            cfg,
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.cfg.durability
+    }
+
+    pub fn io_mode(&self) -> IoMode {
+        self.cfg.io_mode
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats.borrow().clone()
+    }
+
+    /// The error reply for a write command, if the log cannot take writes now.
+    pub fn write_refusal(&self) -> Option<String> {
+        match &*self.fault.borrow() {
+            None => None,
+            Some(LogFault::NoSpace(e)) => Some(format!(
+                "MISCONF Errors writing to the write-ahead log (shard {}): {e}. Write commands are disabled until disk space is available.",
+                self.cfg.shard_id
+            )),
+            Some(LogFault::Failed(e)) => Some(format!(
+                "IOERR the write-ahead log of shard {} failed ({e}); the shard no longer accepts writes. Restart the server to recover from the log.",
+                self.cfg.shard_id
+            )),
+        }
+    }
+
+    pub fn fault(&self) -> Option<LogFault> {
+        self.fault.borrow().clone()
+    }
+
+    /// Appends a record; returns its LSN. Records too large for the log cannot happen: the
+    /// protocol limits keys and values below the log's limits.
+    pub fn append(&self, rec: &Record<'_>) -> u64 {
+        let mut p = self.pending.borrow_mut();
+        let lsn = match p.append(rec) {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                tracing::error!(shard = self.cfg.shard_id, "cannot encode WAL record: {e}");
+                p.next_lsn()
+            }
+        };
+        let full = p.records_bytes() >= self.cfg.buffer_bytes;
+        drop(p);
+        if self.cfg.durability == Durability::Sync || full {
+            self.kick.borrow().set();
+        }
+        lsn
+    }
+
+    /// LSN of the last record appended (durable or not); 0 before any.
+    pub fn last_lsn(&self) -> u64 {
+        self.pending.borrow().next_lsn().saturating_sub(1)
+    }
+
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn.get()
+    }
+
+    /// Bytes appended but not yet handed to a flush.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.borrow().records_bytes()
+    }
+
+    /// Waits until every record up to and including `lsn` is durable. `Err` if the log failed
+    /// (the caller must not acknowledge).
+    pub async fn wait_durable(&self, lsn: u64) -> Result<(), String> {
+        if lsn < self.durable_lsn.get() {
+            return Ok(());
+        }
+        self.kick.borrow().set();
+        std::future::poll_fn(|cx| {
+            if lsn < self.durable_lsn.get() {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(LogFault::Failed(e)) = &*self.fault.borrow() {
+                return Poll::Ready(Err(e.clone()));
+            }
+            self.waiters.borrow_mut().push((lsn, cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits until everything appended so far is durable.
+    pub async fn wait_all_durable(&self) -> Result<(), String> {
+        let last = self.last_lsn();
+        if last == 0 {
+            return Ok(());
+        }
+        self.wait_durable(last).await
+    }
+
+    fn wake_waiters(&self) {
+        let durable = self.durable_lsn.get();
+        let failed = matches!(&*self.fault.borrow(), Some(LogFault::Failed(_)));
+        self.waiters.borrow_mut().retain(|(lsn, w)| {
+            if *lsn < durable || failed {
+                w.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The flusher task: runs until `stop` is set and everything pending is durable.
+    pub async fn run_flusher(self: Rc<Self>, stop: Rc<LocalEvent>) {
+        let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
+        loop {
+            let kick = self.kick.borrow().clone();
+            if self.pending.borrow().is_empty() {
+                if stop.is_set() {
+                    return;
+                }
+                let stopping = async {
+                    stop.wait().await;
+                };
+                futures_lite::future::or(kick.wait(), stopping).await;
+            } else if self.cfg.durability == Durability::Async && !kick.is_set() && !stop.is_set() {
+                let timer = glommio::timer::sleep(interval);
+                futures_lite::future::or(kick.wait(), async {
+                    timer.await;
+                })
+                .await;
+            }
+            *self.kick.borrow_mut() = Rc::new(LocalEvent::default());
+            if matches!(&*self.fault.borrow(), Some(LogFault::Failed(_))) {
+                self.wake_waiters();
+                if stop.is_set() {
+                    return;
+                }
+                continue;
+            }
+            match self.flush_once().await {
+                Ok(()) => {
+                    if matches!(&*self.fault.borrow(), Some(LogFault::NoSpace(_))) {
+                        tracing::info!(shard = self.cfg.shard_id, "WAL writes succeed again; accepting writes");
+                        *self.fault.borrow_mut() = None;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    if self.fault.borrow().is_none() {
+                        tracing::error!(
+                            shard = self.cfg.shard_id,
+                            "WAL write failed: disk full; refusing writes until space returns"
+                        );
+                    }
+                    *self.fault.borrow_mut() = Some(LogFault::NoSpace(e.to_string()));
+                    if stop.is_set() {
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(NO_SPACE_RETRY_MS)).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        shard = self.cfg.shard_id,
+                        "WAL write failed: {e}; shard is fail-stopped (restart to recover)"
+                    );
+                    *self.fault.borrow_mut() = Some(LogFault::Failed(e.to_string()));
+                    self.wake_waiters();
+                }
+            }
+        }
+    }
+
+    /// Writes everything pending now (used by recovery to persist a rewritten log).
+    pub async fn flush_now(&self) -> std::io::Result<()> {
+        self.flush_once().await
+    }
+
+    /// Writes everything pending as one flush.
+    async fn flush_once(&self) -> std::io::Result<()> {
+        let start = Instant::now();
+        // Swap the pending buffer out (unless a previous attempt left one staged).
+        let mut buf = {
+            let mut pending = self.pending.borrow_mut();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let next = pending.next_lsn();
+            let mut fresh = self.spare.borrow_mut().take().unwrap_or_else(|| FlushBuf::new(next));
+            fresh.reset(next);
+            std::mem::replace(&mut *pending, fresh)
+        };
+        let result = self.write_flush(&mut buf).await;
+        match result {
+            Ok(()) => {
+                let records = u64::from(buf.record_count());
+                self.durable_lsn.set(buf.next_lsn());
+                {
+                    let mut st = self.stats.borrow_mut();
+                    st.flushes += 1;
+                    st.records += records;
+                    let us = start.elapsed().as_micros() as u64;
+                    st.flush_us_total += us;
+                    st.flush_us_max = st.flush_us_max.max(us);
+                }
+                *self.spare.borrow_mut() = Some(buf);
+                self.wake_waiters();
+                Ok(())
+            }
+            Err(e) => {
+                // Put the records back in front of anything appended meanwhile, so a retry
+                // writes them in LSN order. (Only ENOSPC retries; other errors fail-stop.)
+                let mut pending = self.pending.borrow_mut();
+                let newer = std::mem::replace(&mut *pending, buf);
+                drop(pending);
+                self.merge_back(newer);
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-appends records of `newer` (appended during a failed flush) after the restored ones.
+    fn merge_back(&self, newer: FlushBuf) {
+        if newer.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.borrow_mut();
+        pending.absorb(&newer);
+    }
+
+    async fn write_flush(&self, buf: &mut FlushBuf) -> std::io::Result<()> {
+        let padded = buf.padded_len_bytes() as u64;
+        let needs_new = match &*self.segment.borrow() {
+            None => true,
+            Some(s) => s.offset + padded > self.cfg.segment_bytes.max(padded + BLOCK_SIZE as u64),
+        };
+        if needs_new {
+            self.rotate(buf.first_lsn()).await?;
+        }
+        let (id, offset) = {
+            let seg = self.segment.borrow();
+            let s = seg.as_ref().ok_or_else(|| std::io::Error::other("no segment"))?;
+            (s.id, s.offset)
+        };
+        let bytes = buf.finish(id, offset).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let len = bytes.len() as u64;
+        let file = self.segment.borrow().as_ref().map(|s| s.file.clone());
+        let file = file.ok_or_else(|| std::io::Error::other("no segment"))?;
+        file.write_durable(bytes, offset).await?;
+        if let Some(s) = self.segment.borrow_mut().as_mut() {
+            s.offset = offset + len;
+        }
+        self.stats.borrow_mut().bytes_written += len;
+        Ok(())
+    }
+
+    /// Closes the current segment and starts `wal-<first_lsn>.log`.
+    async fn rotate(&self, first_lsn: u64) -> std::io::Result<()> {
+        let old = self.segment.borrow_mut().take();
+        if let Some(old) = old {
+            if let Ok(f) = Rc::try_unwrap(old.file) {
+                f.close().await?;
+            }
+        }
+        let path = self.cfg.dir.join(segment_file_name(first_lsn));
+        let file = match LogFile::create(&path, self.cfg.io_mode).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A segment named after the next LSN can only be one whose creation was
+                // interrupted before its first flush (recovery found no record in it): replace it.
+                std::fs::remove_file(&path)?;
+                LogFile::create(&path, self.cfg.io_mode).await?
+            }
+            r => r?,
+        };
+        file.preallocate(self.cfg.segment_bytes).await?;
+        let mut id = 0;
+        while id == 0 {
+            id = rand::random::<u64>();
+        }
+        let header =
+            SegmentHeader { shard_id: self.cfg.shard_id, shard_count: self.cfg.shard_count, first_lsn, segment_id: id };
+        let block = header.to_block().map_err(|e| std::io::Error::other(e.to_string()))?;
+        file.write_durable(&block, 0).await?;
+        sync_dir(&self.cfg.dir)?;
+        self.stats.borrow_mut().segments_created += 1;
+        *self.segment.borrow_mut() = Some(Segment { file: Rc::new(file), id, offset: BLOCK_SIZE as u64 });
+        Ok(())
+    }
+}
