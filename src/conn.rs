@@ -43,6 +43,8 @@ pub struct Conn {
     /// Close *without* writing the replies: a log failed before the writes they reveal became
     /// durable, so nothing may be acknowledged (sync mode).
     pub abort: bool,
+    /// Highest LSN of this shard's log that the replies being built depend on (sync mode).
+    pub observed_lsn: u64,
 }
 
 /// Replies of one round.
@@ -86,7 +88,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         phase: "r",
     }));
     shard.clients.borrow_mut().insert(id, info.clone());
-    let mut conn = Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false, abort: false };
+    let mut conn =
+        Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false, abort: false, observed_lsn: 0 };
     let result = run(&mut conn, stream.buffered_with(glommio::net::Preallocated::new(16 * 1024))).await;
     if let Err(e) = result {
         tracing::debug!(client = id, error = %e, "connection ended with an error");
@@ -153,7 +156,8 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             info.last_active = std::time::Instant::now();
         }
         if !out.is_empty() {
-            if let Err(e) = before_reply(&shard).await {
+            let observed = std::mem::take(&mut conn.observed_lsn);
+            if let Err(e) = before_reply(&shard, observed).await {
                 tracing::warn!(client = conn.info.borrow().id, "closing connection without replies: {e}");
                 conn.abort = true;
             }
@@ -185,15 +189,15 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     }
 }
 
-/// What a reply must wait for on this shard's log: in `sync` mode, every record logged so far
-/// (the writes of this pipeline and any write its reads may have observed); in `async` mode,
-/// only backpressure when the log is more than twice its buffer behind.
-async fn before_reply(shard: &Shard) -> Result<(), String> {
+/// What a reply must wait for on this shard's log: in `sync` mode, the highest LSN the replies
+/// depend on (the pipeline's own writes, and undurable writes of the keys it read); in `async`
+/// mode, only backpressure when the log is more than twice its buffer behind.
+async fn before_reply(shard: &Shard, observed_lsn: u64) -> Result<(), String> {
     let Some(w) = shard.wal.as_ref() else {
         return Ok(());
     };
     match w.durability() {
-        crate::wal::Durability::Sync => w.wait_all_durable().await,
+        crate::wal::Durability::Sync if observed_lsn > 0 => w.wait_durable(observed_lsn).await,
         crate::wal::Durability::Async if w.pending_bytes() > 2 * shard.global.config.wal_buffer_bytes => {
             let _ = w.wait_all_durable().await;
             Ok(())
@@ -239,11 +243,14 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                             shard.gate.wait_free().await;
                         }
                         let proto = conn.proto;
+                        let mut observed = 0;
                         local_reply(&mut round, out, proto, |w| {
                             let mut store = shard.store.borrow_mut();
                             let mut cx = shard.exec(&mut store);
                             cmd::execute_keyed(spec, args, &mut cx, w);
+                            observed = cx.observed_lsn;
                         });
+                        conn.observed_lsn = conn.observed_lsn.max(observed);
                     }
                     Some(s) => {
                         let idx = round.batches[s].len() as u32;

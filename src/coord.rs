@@ -193,7 +193,7 @@ async fn parts(shard: &Rc<Shard>, tx: u64, ops: Vec<(usize, PartOp)>) -> Vec<Par
     let mut pending = Vec::with_capacity(ops.len());
     for (s, op) in ops {
         if s == shard.id {
-            pending.push(Err(run_part(shard, tx, op)));
+            pending.push(Err(run_part(shard, tx, op).0));
         } else {
             pending.push(Ok(shard.send(s, Request::Part { tx, op }).await));
         }

@@ -315,8 +315,13 @@ async fn shard_main(
     let shard = Shard::new(id, global.clone(), senders, store, wal.clone(), stats);
     // Wait for the listener: it is bound only once every shard has recovered. The executor
     // has nothing else to do meanwhile.
-    let Ok(fd) = fd_rx.recv() else {
-        return;
+    // Poll rather than block: a blocked thread would stall this executor's side of the mesh.
+    let fd = loop {
+        match fd_rx.try_recv() {
+            Ok(fd) => break fd,
+            Err(mpsc::TryRecvError::Empty) => glommio::timer::sleep(Duration::from_millis(1)).await,
+            Err(mpsc::TryRecvError::Disconnected) => return,
+        }
     };
     if let Some(r) = receivers {
         shard.start_receivers(r);

@@ -44,25 +44,38 @@ pub struct Exec<'a> {
     pub now_ms: u64,
     /// `proto-max-bulk-len`: the largest value a command may create.
     pub max_value_bytes: usize,
+    /// Highest log LSN this command's reply depends on: its own writes, and writes not yet
+    /// durable that it read (`sync` mode waits for it before replying; 0: nothing).
+    pub observed_lsn: u64,
 }
 
 impl Exec<'_> {
+    fn observe(&mut self, key: &[u8]) {
+        if let Some(w) = self.wal {
+            self.observed_lsn = self.observed_lsn.max(w.observed_lsn(key));
+        }
+    }
+
     pub fn get(&mut self, key: &[u8]) -> Option<&Entry> {
+        self.observe(key);
         self.store.get(key, self.now_ms)
     }
 
     /// Reads a value for a read command, counting the hit or miss.
     pub fn lookup_read(&mut self, key: &[u8]) -> Option<&Entry> {
+        self.observe(key);
         self.store.get_counted(key, self.now_ms)
     }
 
     pub fn exists(&mut self, key: &[u8]) -> bool {
+        self.observe(key);
         self.store.contains(key, self.now_ms)
     }
 
-    fn log(&self, rec: Record<'_>) {
+    fn log(&mut self, rec: Record<'_>) {
         if let Some(w) = self.wal {
-            w.append(&rec);
+            let lsn = w.append(&rec);
+            self.observed_lsn = self.observed_lsn.max(lsn);
         }
     }
 
@@ -85,6 +98,7 @@ impl Exec<'_> {
 
     /// Deletes `key`; returns whether a live key was removed.
     pub fn write_del(&mut self, key: &[u8]) -> bool {
+        self.observe(key);
         let removed = self.store.remove(key, self.now_ms).is_some();
         if removed {
             self.log(Record::Del { key });
@@ -94,6 +108,7 @@ impl Exec<'_> {
 
     /// Removes and returns a live key's entry (RENAME, GETDEL).
     pub fn write_take(&mut self, key: &[u8]) -> Option<Entry> {
+        self.observe(key);
         let e = self.store.remove(key, self.now_ms)?;
         self.log(Record::Del { key });
         Some(e)

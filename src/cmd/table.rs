@@ -257,6 +257,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         "Removes all keys from all databases.",
         "O(N) where N is the total number of keys in all databases"
     ),
+    cmd!("waitaof", 4, ["noscript"], 0, 0, 0, Connection, "generic", "7.2.0", "Blocks until all of the preceding write commands sent by the connection are written to the append-only file of the master and/or replicas.", "O(1)"),
     cmd!(
         "time",
         1,

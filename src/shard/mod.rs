@@ -346,6 +346,7 @@ impl Shard {
             wal: self.wal.as_deref(),
             now_ms: crate::store::now_ms(),
             max_value_bytes: self.global.proto_max_bulk_len.load(Ordering::Relaxed),
+            observed_lsn: 0,
         }
     }
 
@@ -354,27 +355,33 @@ impl Shard {
         self.wal.as_ref().filter(|w| w.durability() == crate::wal::Durability::Sync)
     }
 
-    /// Responds once everything logged so far is durable when in `sync` mode (a reply may
-    /// reveal a write, or a value another client wrote, only once it is durable); at once
-    /// otherwise. Waits in a task, so the receive loop goes on.
-    fn respond_when_durable(self: &Rc<Self>, to: usize, id: u64, resp: Response, always: bool) {
-        let wal = if always { self.wal.as_ref() } else { self.sync_wal() };
-        if let Some(w) = wal {
-            let last = w.last_lsn();
-            if last >= w.durable_lsn() {
-                let (me, w) = (self.clone(), w.clone());
-                glommio::spawn_local(async move {
-                    let resp = match w.wait_durable(last).await {
-                        Ok(()) => resp,
-                        Err(e) => Response::Failed(e),
-                    };
-                    me.respond(to, id, resp);
-                })
-                .detach();
-                return;
-            }
+    /// Responds once the log is durable up to `lsn` (the LSN the response depends on, see
+    /// `Exec::observed_lsn`; 0: nothing), at once otherwise. Waits in a task, so the receive
+    /// loop goes on. A log that fails first turns the response into `Failed`.
+    fn respond_when_durable(self: &Rc<Self>, to: usize, id: u64, resp: Response, lsn: u64) {
+        if let Some(w) = self.wal.as_ref().filter(|w| lsn > 0 && lsn >= w.durable_lsn()) {
+            let (me, w) = (self.clone(), w.clone());
+            glommio::spawn_local(async move {
+                let resp = match w.wait_durable(lsn).await {
+                    Ok(()) => resp,
+                    Err(e) => Response::Failed(e),
+                };
+                me.respond(to, id, resp);
+            })
+            .detach();
+            return;
         }
         self.respond(to, id, resp);
+    }
+
+    /// The LSN a response must wait for in `sync` mode: `observed` (or, for operations that
+    /// read every key, everything logged so far).
+    fn sync_lsn(&self, observed: u64) -> u64 {
+        match self.sync_wal() {
+            Some(w) if observed == u64::MAX => w.last_lsn(),
+            Some(_) => observed,
+            None => 0,
+        }
     }
 
     /// A transaction id unique across shards.
@@ -479,24 +486,30 @@ impl Shard {
                     }
                 }
                 Request::Part { tx, op } => {
-                    let r = ops::run_part(self, tx, op);
-                    self.respond_when_durable(from, id, Response::Part(r), false);
+                    let (r, observed) = ops::run_part(self, tx, op);
+                    self.respond_when_durable(from, id, Response::Part(r), self.sync_lsn(observed));
                 }
                 Request::Admin(op) => {
+                    let reads_keys = op.reads_keys();
                     let r = ops::run_admin(self, op);
-                    self.respond_when_durable(from, id, Response::Admin(r), false);
+                    // Taken after the operation, so FLUSHALL's own record is included.
+                    let lsn = if reads_keys { self.sync_lsn(u64::MAX) } else { 0 };
+                    self.respond_when_durable(from, id, Response::Admin(r), lsn);
                 }
-                Request::WaitDurable => self.respond_when_durable(from, id, Response::Locked, true),
+                Request::WaitDurable => {
+                    let lsn = self.wal.as_ref().map_or(0, |w| w.last_lsn());
+                    self.respond_when_durable(from, id, Response::Locked, lsn);
+                }
                 Request::Batch { proto, cmds } => {
                     if !self.gate.is_held() {
-                        let resp = ops::run_batch(self, proto, &cmds);
-                        self.respond_when_durable(from, id, resp, false);
+                        let (resp, observed) = ops::run_batch(self, proto, &cmds);
+                        self.respond_when_durable(from, id, resp, self.sync_lsn(observed));
                     } else {
                         let me = self.clone();
                         glommio::spawn_local(async move {
                             me.gate.wait_free().await;
-                            let resp = ops::run_batch(&me, proto, &cmds);
-                            me.respond_when_durable(from, id, resp, false);
+                            let (resp, observed) = ops::run_batch(&me, proto, &cmds);
+                            me.respond_when_durable(from, id, resp, me.sync_lsn(observed));
                         })
                         .detach();
                     }

@@ -57,6 +57,14 @@ pub enum AdminOp {
     ResetStats,
 }
 
+impl AdminOp {
+    /// Whether the result depends on keys (and so, in `sync` mode, waits for the shard's
+    /// undurable writes before it is returned). INFO and CLIENT LIST do not.
+    pub fn reads_keys(&self) -> bool {
+        matches!(self, AdminOp::DbSize | AdminOp::Flush | AdminOp::Keys(_) | AdminOp::Scan { .. } | AdminOp::RandomKey)
+    }
+}
+
 /// A shard's figures for INFO.
 #[derive(Debug, Default, Clone)]
 pub struct ShardReport {
@@ -100,36 +108,40 @@ fn exec<'a>(shard: &'a Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
     shard.exec(store)
 }
 
-/// Runs single-shard key commands in order and returns their encoded replies.
-pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> Response {
+/// Runs single-shard key commands in order and returns their encoded replies and the log LSN
+/// the replies depend on (see `Exec::observed_lsn`).
+pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> (Response, u64) {
     let mut out = Vec::with_capacity(cmds.len() * 16);
     let mut ends = Vec::with_capacity(cmds.len());
     let mut store = shard.store.borrow_mut();
+    let mut observed = 0;
     for args in cmds {
         let mut w = ReplyWriter::new(&mut out, proto);
         match cmd::lookup(&args[0]) {
             Some(spec) => {
                 let mut cx = exec(shard, &mut store);
                 cmd::execute_keyed(spec, args, &mut cx, &mut w);
+                observed = observed.max(cx.observed_lsn);
             }
             None => w.error_bytes(&cmd::unknown_command_error(args)),
         }
         ends.push(out.len() as u32);
     }
-    Response::Batch { out, ends }
+    (Response::Batch { out, ends }, observed)
 }
 
-pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> PartResult {
+/// Runs one part; returns its result and the log LSN it depends on.
+pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
     if !shard.gate.held_by(tx) {
-        return PartResult::NotLocked;
+        return (PartResult::NotLocked, 0);
     }
     let mut store = shard.store.borrow_mut();
     let mut cx = exec(shard, &mut store);
     let writes = !matches!(op, PartOp::Mget(_) | PartOp::Exists(_));
     if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| writes) {
-        return PartResult::Refused(refusal);
+        return (PartResult::Refused(refusal), 0);
     }
-    match op {
+    let r = match op {
         PartOp::Mget(keys) => {
             PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(|e| e.value().to_vec())).collect())
         }
@@ -146,7 +158,8 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> PartResult {
             cx.write_entry(Entry::new(&key, &value, expire_at_ms));
             PartResult::Done
         }
-    }
+    };
+    (r, cx.observed_lsn)
 }
 
 pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
@@ -243,8 +256,11 @@ pub async fn on_all_shards(shard: &Rc<Shard>, op: impl Fn() -> AdminOp) -> Vec<A
     let mut calls = calls.into_iter();
     for s in 0..shard.shards() {
         if s == shard.id {
-            let r = run_admin(shard, op());
-            let r = match wait_local_durable(shard).await {
+            let this = op();
+            let reads_keys = this.reads_keys();
+            let r = run_admin(shard, this);
+            let waited = if reads_keys { wait_local_durable(shard).await } else { Ok(()) };
+            let r = match waited {
                 Ok(()) => r,
                 Err(e) => AdminResult::Failed(e),
             };
@@ -273,8 +289,10 @@ pub async fn wait_local_durable(shard: &Shard) -> Result<(), String> {
 /// Runs `op` on shard `to` (directly when it is this shard).
 pub async fn on_shard(shard: &Rc<Shard>, to: usize, op: AdminOp) -> AdminResult {
     if to == shard.id {
+        let reads_keys = op.reads_keys();
         let r = run_admin(shard, op);
-        return match wait_local_durable(shard).await {
+        let waited = if reads_keys { wait_local_durable(shard).await } else { Ok(()) };
+        return match waited {
             Ok(()) => r,
             Err(e) => AdminResult::Failed(e),
         };

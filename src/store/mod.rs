@@ -207,6 +207,25 @@ impl Store {
         true
     }
 
+    /// Keeps only the keys for which `keep` is true (recovery re-routing a FLUSHALL).
+    pub fn retain(&mut self, keep: impl Fn(&[u8]) -> bool, now_ms: u64) {
+        let mut doomed = Vec::new();
+        let mut cursor = 0;
+        loop {
+            cursor = self.table.scan(cursor, |e| {
+                if !keep(e.key()) {
+                    doomed.push(e.key().to_vec());
+                }
+            });
+            if cursor == 0 {
+                break;
+            }
+        }
+        for k in doomed {
+            self.remove(&k, now_ms);
+        }
+    }
+
     /// Removes every key.
     pub fn clear(&mut self) {
         let old = self.table.take_all();

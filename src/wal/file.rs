@@ -33,6 +33,49 @@ pub enum IoMode {
 pub enum LogFile {
     Direct(DmaFile),
     Buffered(BufferedFile),
+    /// A real file whose durable writes fail on command (tests only; see [`FaultPlan`]).
+    Faulty(Box<LogFile>, std::rc::Rc<FaultPlan>),
+}
+
+/// Injected failures, for tests of the failure paths through the real binary. Read once from
+/// the environment variable `RINGCACHE_TEST_FAULTS` (never set it in production):
+/// - `eio_at=N`: the N-th durable write (counting from 1, per shard) and every later one fail
+///   with EIO, as a failed fsync would (the log must then never acknowledge again);
+/// - `enospc_while=PATH`: durable writes fail with ENOSPC while the file PATH exists.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    eio_at: Option<u64>,
+    enospc_while: Option<PathBuf>,
+    writes: std::cell::Cell<u64>,
+}
+
+impl FaultPlan {
+    /// The plan from `RINGCACHE_TEST_FAULTS`, if set and valid.
+    pub fn from_env() -> Option<FaultPlan> {
+        let spec = std::env::var("RINGCACHE_TEST_FAULTS").ok()?;
+        let mut plan = FaultPlan::default();
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("eio_at", n)) => plan.eio_at = n.parse().ok(),
+                Some(("enospc_while", p)) => plan.enospc_while = Some(PathBuf::from(p)),
+                _ => tracing::warn!("ignoring unknown RINGCACHE_TEST_FAULTS entry '{part}'"),
+            }
+        }
+        tracing::warn!("RINGCACHE_TEST_FAULTS is set: injecting log write failures ({spec})");
+        Some(plan)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        let n = self.writes.get() + 1;
+        self.writes.set(n);
+        if self.eio_at.is_some_and(|at| n >= at) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if self.enospc_while.as_ref().is_some_and(|p| p.exists()) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
 }
 
 fn io_err(e: glommio::GlommioError<()>) -> io::Error {
@@ -69,10 +112,19 @@ impl LogFile {
         }
     }
 
+    /// Wraps this file so its durable writes follow `plan`.
+    pub fn with_faults(self, plan: std::rc::Rc<FaultPlan>) -> LogFile {
+        LogFile::Faulty(Box::new(self), plan)
+    }
+
     /// Writes `data` (a multiple of the block size, for direct I/O) at `pos` and makes it
     /// durable before returning.
     pub async fn write_durable(&self, data: &[u8], pos: u64) -> io::Result<()> {
         match self {
+            LogFile::Faulty(inner, plan) => {
+                plan.check()?;
+                Box::pin(inner.write_durable(data, pos)).await
+            }
             LogFile::Direct(f) => {
                 let mut buf = f.alloc_dma_buffer(data.len());
                 buf.as_bytes_mut().copy_from_slice(data);
@@ -102,6 +154,7 @@ impl LogFile {
     /// and makes the file's size durable.
     pub async fn preallocate(&self, size: u64) -> io::Result<()> {
         match self {
+            LogFile::Faulty(inner, _) => Box::pin(inner.preallocate(size)).await,
             LogFile::Direct(f) => {
                 f.pre_allocate(size, false).await.map_err(io_err)?;
                 f.fdatasync().await.map_err(io_err)
@@ -115,6 +168,7 @@ impl LogFile {
 
     pub async fn close(self) -> io::Result<()> {
         match self {
+            LogFile::Faulty(inner, _) => Box::pin(inner.close()).await,
             LogFile::Direct(f) => f.close().await.map_err(io_err),
             LogFile::Buffered(f) => f.close().await.map_err(io_err),
         }

@@ -232,12 +232,12 @@ pub fn replay_dir(
                     if *lsn == segment_lsn {
                         let bytes = std::fs::read(p).map_err(io("read", p))?;
                         let tail = bytes.get(offset as usize..).unwrap_or(&[]);
-                        let aside = p.with_extension("log.corrupt");
+                        let aside = unused_name(&p.with_extension("log.corrupt"));
                         std::fs::write(&aside, tail).map_err(io("write", &aside))?;
                         std::fs::File::open(&aside).and_then(|f| f.sync_all()).map_err(io("fsync", &aside))?;
                         truncate_or_remove(p, offset)?;
                     } else if *lsn > segment_lsn {
-                        let aside = p.with_extension("log.corrupt");
+                        let aside = unused_name(&p.with_extension("log.corrupt"));
                         std::fs::rename(p, &aside).map_err(io("rename", p))?;
                     }
                 }
@@ -248,6 +248,18 @@ pub fn replay_dir(
     };
     stats.next_lsn = next;
     Ok(next)
+}
+
+/// `path`, or `path.1`, `path.2`, ... whichever does not exist yet: set-aside bytes are never
+/// overwritten.
+fn unused_name(path: &Path) -> PathBuf {
+    let mut candidate = path.to_path_buf();
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}.{n}", path.display()));
+        n += 1;
+    }
+    candidate
 }
 
 fn truncate_or_remove(path: &Path, offset: u64) -> Result<(), RecoverError> {
@@ -288,16 +300,31 @@ pub fn recover_shard(
                 let dir = Layout::shard_dir(data_dir, l.generation, old);
                 // Read-only: the old generation is replaced as a whole once the new one is
                 // durable.
-                replay_dir(&dir, old, l.shards, mode, false, &mut stats, |r| {
-                    let mine = match r {
-                        Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
-                            crate::shard::shard_of(key, shard_count as usize) == shard_id as usize
+                // Strict even under tolerate-corruption: setting damaged data aside is done by a
+                // start with the old shard count (several new shards read each old log, and the
+                // old generation is removed once the new one is committed).
+                replay_dir(&dir, old, l.shards, RecoveryMode::Strict, false, &mut stats, |r| match r {
+                    Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
+                        if crate::shard::shard_of(key, shard_count as usize) == shard_id as usize {
+                            apply(store, r, now);
                         }
-                        Record::FlushAll => true,
-                    };
-                    if mine {
-                        apply(store, r, now);
                     }
+                    // Old shard `old`'s FLUSHALL removed only the keys that shard held.
+                    Record::FlushAll => {
+                        store.retain(|k| crate::shard::shard_of(k, l.shards as usize) != old as usize, now)
+                    }
+                })
+                .map_err(|e| match e {
+                    RecoverError::Corruption { path, offset, lsn, detail } => RecoverError::Invalid {
+                        dir: path.clone(),
+                        detail: format!(
+                            "corruption at offset {offset} (LSN {lsn}): {detail}; the shard count cannot change over a damaged \
+                             log. Start once with the previous --threads {} (and --recovery tolerate-corruption to set the \
+                             damage aside), then change --threads",
+                            l.shards
+                        ),
+                    },
+                    other => other,
                 })?;
             }
             stats.next_lsn = 1;

@@ -108,8 +108,19 @@ pub struct ShardLog {
     durable_lsn: Cell<u64>,
     fault: RefCell<Option<LogFault>>,
     waiters: RefCell<Vec<(u64, Waker)>>,
+    /// Set when the log must be flushed now (sync mode, buffer full, a waiter).
     kick: RefCell<Rc<LocalEvent>>,
+    /// Set when the pending buffer goes from empty to non-empty (starts the async timer).
+    wake: RefCell<Rc<LocalEvent>>,
     stats: RefCell<LogStats>,
+    /// Injected failures (tests only).
+    faults: Option<Rc<super::file::FaultPlan>>,
+    /// `sync` mode: each key with a write not yet durable, and that write's LSN. Holds only the
+    /// writes in flight (emptied as flushes complete). A reply waits for exactly the LSNs it
+    /// observed, so a read of an untouched key never waits behind other keys' writes.
+    undurable: RefCell<std::collections::HashMap<Box<[u8]>, u64>>,
+    /// LSN of a FLUSHALL not yet durable (0: none): it is observed by every read.
+    undurable_flushall: Cell<u64>,
 }
 
 impl ShardLog {
@@ -124,7 +135,11 @@ impl ShardLog {
             fault: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             kick: RefCell::new(Rc::new(LocalEvent::default())),
+            wake: RefCell::new(Rc::new(LocalEvent::default())),
             stats: RefCell::new(LogStats::default()),
+            faults: super::file::FaultPlan::from_env().map(Rc::new),
+            undurable: RefCell::default(),
+            undurable_flushall: Cell::new(0),
             cfg,
         })
     }
@@ -172,11 +187,33 @@ impl ShardLog {
             }
         };
         let full = p.records_bytes() >= self.cfg.buffer_bytes;
+        let first = p.record_count() == 1;
         drop(p);
+        if first {
+            self.wake.borrow().set();
+        }
+        if self.cfg.durability == Durability::Sync {
+            match rec {
+                Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
+                    self.undurable.borrow_mut().insert(Box::from(*key), lsn);
+                }
+                Record::FlushAll => self.undurable_flushall.set(lsn),
+            }
+        }
         if self.cfg.durability == Durability::Sync || full {
             self.kick.borrow().set();
         }
         lsn
+    }
+
+    /// The LSN a reply that read `key` must wait for (0: nothing undurable was observed).
+    pub fn observed_lsn(&self, key: &[u8]) -> u64 {
+        let flushall = self.undurable_flushall.get();
+        let map = self.undurable.borrow();
+        if map.is_empty() {
+            return flushall;
+        }
+        map.get(key).copied().unwrap_or(0).max(flushall)
     }
 
     /// LSN of the last record appended (durable or not); 0 before any.
@@ -240,28 +277,32 @@ impl ShardLog {
         let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
         loop {
             let kick = self.kick.borrow().clone();
+            let wake = self.wake.borrow().clone();
             if self.pending.borrow().is_empty() {
                 if stop.is_set() {
                     return;
                 }
-                let stopping = async {
-                    stop.wait().await;
-                };
-                futures_lite::future::or(kick.wait(), stopping).await;
-            } else if self.cfg.durability == Durability::Async && !kick.is_set() && !stop.is_set() {
+                // Idle: sleep until something is appended (or shutdown).
+                futures_lite::future::or(futures_lite::future::or(kick.wait(), wake.wait()), stop.wait()).await;
+                *self.wake.borrow_mut() = Rc::new(LocalEvent::default());
+                continue;
+            }
+            if self.cfg.durability == Durability::Async && !kick.is_set() && !stop.is_set() {
+                // Group the interval's writes: flush when the timer fires, or earlier when the
+                // buffer fills (kick) or the server stops.
                 let timer = glommio::timer::sleep(interval);
-                futures_lite::future::or(kick.wait(), async {
+                futures_lite::future::or(futures_lite::future::or(kick.wait(), stop.wait()), async {
                     timer.await;
                 })
                 .await;
             }
             *self.kick.borrow_mut() = Rc::new(LocalEvent::default());
             if matches!(&*self.fault.borrow(), Some(LogFault::Failed(_))) {
+                // Fail-stop: nothing is written again on this log. Release waiters (they get
+                // the error) and idle until shutdown.
                 self.wake_waiters();
-                if stop.is_set() {
-                    return;
-                }
-                continue;
+                stop.wait().await;
+                return;
             }
             match self.flush_once().await {
                 Ok(()) => {
@@ -290,6 +331,8 @@ impl ShardLog {
                     );
                     *self.fault.borrow_mut() = Some(LogFault::Failed(e.to_string()));
                     self.wake_waiters();
+                    stop.wait().await;
+                    return;
                 }
             }
         }
@@ -318,7 +361,12 @@ impl ShardLog {
         match result {
             Ok(()) => {
                 let records = u64::from(buf.record_count());
-                self.durable_lsn.set(buf.next_lsn());
+                let durable = buf.next_lsn();
+                self.durable_lsn.set(durable);
+                self.undurable.borrow_mut().retain(|_, lsn| *lsn >= durable);
+                if self.undurable_flushall.get() < durable {
+                    self.undurable_flushall.set(0);
+                }
                 {
                     let mut st = self.stats.borrow_mut();
                     st.flushes += 1;
@@ -395,6 +443,10 @@ impl ShardLog {
                 LogFile::create(&path, self.cfg.io_mode).await?
             }
             r => r?,
+        };
+        let file = match &self.faults {
+            Some(plan) => file.with_faults(plan.clone()),
+            None => file,
         };
         file.preallocate(self.cfg.segment_bytes).await?;
         let mut id = 0;

@@ -66,12 +66,18 @@ impl Server {
     /// a durability mode, the server runs with `--durability off` (in memory, no data
     /// directory), so parallel tests never share one.
     pub fn spawn(args: &[String]) -> Server {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As [`Server::spawn`], with extra environment variables.
+    pub fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> Server {
         let mut args = args.to_vec();
         if !args.iter().any(|a| a == "--durability") {
             args.extend(["--durability".to_string(), "off".to_string()]);
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcache"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
