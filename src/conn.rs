@@ -111,7 +111,9 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
         let chunk_len = {
             let read = stream.fill_buf();
             // After shutdown is requested, keep serving while input keeps arriving (a pipeline
-            // already in the socket is finished); close once the client is idle.
+            // already in the socket is finished); close once the client is idle. The event's
+            // waker registration lives and dies with this future (see `LocalEvent`): it must not
+            // pile up one waker per read.
             let stop = async {
                 shard.shutdown.wait().await;
                 glommio::timer::sleep(SHUTDOWN_IDLE_CLOSE).await;

@@ -193,16 +193,38 @@ impl ClientInfo {
 }
 
 /// A one-shot event on one executor: set once, wakes every waiter.
+///
+/// Each [`LocalEvent::wait`] future owns at most one waker slot: polling it again refreshes the
+/// slot in place, and dropping it (for example when it loses a `future::or` race) frees the
+/// slot. So the number of stored wakers is bounded by the number of live wait futures, however
+/// often they are polled or re-created.
+///
+/// This matters beyond memory: every stored clone of a glommio waker holds a reference on its
+/// task, and glommio 0.9 counts those references in an `i16`. A connection task that raced
+/// each read against `wait()` while this event kept every waker ever registered reached 32767
+/// references after ~32k pending reads; the next wake-up then panicked inside glommio's
+/// `schedule` (caught and logged by the reactor as "Panic while calling waker!") after the
+/// task had been marked scheduled, so the task was never polled again: a connection stuck in
+/// phase `r` forever, even after its client closed the socket.
 #[derive(Default)]
 pub struct LocalEvent {
     set: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<WakerSlots>,
+}
+
+/// Waker slots of a [`LocalEvent`]; freed slots are reused.
+#[derive(Default)]
+struct WakerSlots {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
 }
 
 impl LocalEvent {
     pub fn set(&self) {
         self.set.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
+        // Take the wakers out before waking: a woken waker may run code that touches `waiters`.
+        let slots = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in slots.slots.into_iter().flatten() {
             w.wake();
         }
     }
@@ -211,15 +233,74 @@ impl LocalEvent {
         self.set.get()
     }
 
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.set.get() {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+    /// Resolves once the event is set. Dropping the future unregisters its waker.
+    pub fn wait(&self) -> EventWait<'_> {
+        EventWait { event: self, slot: None }
+    }
+
+    /// Wakers currently registered (live, pending `wait` futures).
+    pub fn waiter_count(&self) -> usize {
+        let w = self.waiters.borrow();
+        w.slots.len() - w.free.len()
+    }
+}
+
+/// The future returned by [`LocalEvent::wait`].
+pub struct EventWait<'a> {
+    event: &'a LocalEvent,
+    slot: Option<usize>,
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let event = self.event;
+        if event.set.get() {
+            // `set` already dropped every slot.
+            self.slot = None;
+            return Poll::Ready(());
+        }
+        // Wakers are dropped only after the borrow ends: dropping one may run executor code.
+        let mut w = event.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => {
+                let cur = &mut w.slots[i];
+                if !cur.as_ref().is_some_and(|c| c.will_wake(cx.waker())) {
+                    let old = cur.replace(cx.waker().clone());
+                    drop(w);
+                    drop(old);
+                }
             }
-        })
+            None => {
+                let waker = Some(cx.waker().clone());
+                let i = match w.free.pop() {
+                    Some(i) => {
+                        w.slots[i] = waker;
+                        i
+                    }
+                    None => {
+                        w.slots.push(waker);
+                        w.slots.len() - 1
+                    }
+                };
+                drop(w);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        // Once set, the slots are gone (and never handed out again): nothing to free.
+        if let (Some(i), false) = (self.slot, self.event.set.get()) {
+            let mut w = self.event.waiters.borrow_mut();
+            let old = w.slots[i].take();
+            w.free.push(i);
+            drop(w);
+            drop(old);
+        }
     }
 }
 
@@ -550,5 +631,52 @@ impl Future for Call {
 impl Drop for Call {
     fn drop(&mut self) {
         self.shard.pending.borrow_mut().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn event_wait_keeps_one_waker_per_future_and_frees_it_on_drop() {
+        let ev = LocalEvent::default();
+        {
+            let mut a = std::pin::pin!(ev.wait());
+            for _ in 0..100_000 {
+                assert!(poll_once(a.as_mut()).is_pending());
+            }
+            assert_eq!(ev.waiter_count(), 1);
+            // Re-created every time, as a read loop racing each read against the event does.
+            for _ in 0..100_000 {
+                let mut b = std::pin::pin!(ev.wait());
+                assert!(poll_once(b.as_mut()).is_pending());
+            }
+            assert_eq!(ev.waiter_count(), 1);
+            ev.set();
+            assert!(poll_once(a.as_mut()).is_ready());
+        }
+        assert_eq!(ev.waiter_count(), 0);
+        let mut c = std::pin::pin!(ev.wait());
+        assert!(poll_once(c.as_mut()).is_ready());
+    }
+
+    #[test]
+    fn event_wait_dropped_after_set_is_harmless() {
+        let ev = LocalEvent::default();
+        let mut a = Box::pin(ev.wait());
+        let mut b = Box::pin(ev.wait());
+        assert!(poll_once(a.as_mut()).is_pending());
+        assert!(poll_once(b.as_mut()).is_pending());
+        assert_eq!(ev.waiter_count(), 2);
+        drop(a);
+        assert_eq!(ev.waiter_count(), 1);
+        ev.set();
+        drop(b);
+        assert_eq!(ev.waiter_count(), 0);
     }
 }
