@@ -639,16 +639,19 @@ fn thread_count_change_keeps_values_and_ttls() {
     // Phase 1: 2 shards.
     let mut server = start(&dir.path, "sync", 2, &[]);
     let mut c = server.client();
+    // Pipelined (one flush per batch) to keep the test fast on a busy disk.
+    let mut p = redis::pipe();
     for i in 0..300 {
         let k = format!("tc:{i}");
         let v = format!("v1-{i}");
         if i % 3 == 0 {
-            let _: () = redis::cmd("SET").arg(&k).arg(&v).arg("EX").arg(3600).query(&mut c).unwrap();
+            p.cmd("SET").arg(&k).arg(&v).arg("EX").arg(3600).ignore();
         } else {
-            let _: () = redis::cmd("SET").arg(&k).arg(&v).query(&mut c).unwrap();
+            p.cmd("SET").arg(&k).arg(&v).ignore();
         }
         exp.insert(k, (v, i % 3 == 0));
     }
+    p.query::<()>(&mut c).unwrap();
     for i in (0..300).step_by(10) {
         let k = format!("tc:{i}");
         let n: i64 = redis::cmd("DEL").arg(&k).query(&mut c).unwrap();
@@ -675,25 +678,29 @@ fn thread_count_change_keeps_values_and_ttls() {
     verify_expect(&mut c, &exp, &gone, "2 -> 3 shards");
     assert_eq!(layout(&dir.path), (3, 1), "LAYOUT after the change to 3 shards");
     assert_eq!(gen_dirs(&dir.path), vec!["gen-1"], "only the new generation remains");
+    let mut p = redis::pipe();
     for i in (1..300).step_by(4) {
         let k = format!("tc:{i}");
         if let Some(e) = exp.get_mut(&k) {
             e.0 = format!("v2-{i}");
             e.1 = false;
-            let _: () = redis::cmd("SET").arg(&k).arg(&e.0).query(&mut c).unwrap();
+            p.cmd("SET").arg(&k).arg(&e.0).ignore();
         }
     }
+    let mut expires = 0;
     for i in 300..400 {
         let k = format!("tc:{i}");
         let v = format!("v2-{i}");
-        let _: () = redis::cmd("SET").arg(&k).arg(&v).query(&mut c).unwrap();
+        p.cmd("SET").arg(&k).arg(&v).ignore();
         let ttl = i % 2 == 0;
         if ttl {
-            let n: i64 = redis::cmd("EXPIRE").arg(&k).arg(3000).query(&mut c).unwrap();
-            assert_eq!(n, 1);
+            p.cmd("EXPIRE").arg(&k).arg(3000);
+            expires += 1;
         }
         exp.insert(k, (v, ttl));
     }
+    let r: Vec<i64> = p.query(&mut c).unwrap();
+    assert_eq!(r, vec![1; expires], "EXPIRE replies");
     // PERSIST some keys that got a TTL in phase 1 and were not overwritten.
     for i in (3..300).step_by(9) {
         let k = format!("tc:{i}");
@@ -929,6 +936,143 @@ fn graceful_shutdown_flushes_pending_async_writes() {
     }
     assert_eq!(get(&mut c, "gs:counter").as_deref(), Some("1"));
     assert_eq!(dbsize(&mut c), 501);
+    drop(c);
+    stop(&mut server);
+}
+
+// ---------------------------------------------------------------------------------------------
+// More crash points.
+// ---------------------------------------------------------------------------------------------
+
+/// FLUSHALL and cross-shard MSET in sync mode are durable once acknowledged.
+#[test]
+fn sync_flushall_and_cross_shard_mset_survive_kill9() {
+    if Server::own_only() {
+        return;
+    }
+    let dir = DataDir::new("flushall-kill");
+    let mut server = start(&dir.path, "sync", 2, &[]);
+    let mut c = server.client();
+    for i in 0..50 {
+        let _: () = redis::cmd("SET").arg(format!("before:{i}")).arg(i).query(&mut c).unwrap();
+    }
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let mut mset = redis::cmd("MSET");
+    for i in 0..20 {
+        mset.arg(format!("after:{i}")).arg(format!("a{i}"));
+    }
+    let _: () = mset.query(&mut c).unwrap();
+    drop(c);
+    crash(&mut server);
+    server = start(&dir.path, "sync", 2, &[]);
+    let mut c = server.client();
+    assert_eq!(dbsize(&mut c), 20, "FLUSHALL then MSET of 20 keys");
+    let keys: Vec<String> = (0..20).map(|i| format!("after:{i}")).collect();
+    for (i, v) in mget(&mut c, &keys).into_iter().enumerate() {
+        assert_eq!(v, Some(format!("a{i}")));
+    }
+    drop(c);
+    stop(&mut server);
+}
+
+/// Spawns the binary and SIGKILLs it after `delay`, whatever it is doing (it may not have
+/// finished recovery yet). Ephemeral port, like the harness.
+fn spawn_and_kill_after(args: &[String], delay: Duration) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ringcache");
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A change of `--threads` rewrites the whole state into a new generation and switches LAYOUT
+/// only when that is durable. A kill -9 at any moment of that restart must lose nothing.
+#[test]
+fn kill9_during_thread_change_loses_nothing() {
+    if Server::own_only() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(seed());
+    let dir = DataDir::new("threads-kill");
+    let mut server = start(&dir.path, "sync", 2, &[]);
+    let mut c = server.client();
+    // Enough data (~3 MB) that the rewrite takes a while.
+    let keys: Vec<String> = (0..3000).map(|i| format!("tk:{i}")).collect();
+    let val = |i: usize| format!("{i}:{}", "x".repeat(1000));
+    for chunk in (0..keys.len()).collect::<Vec<_>>().chunks(100) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("SET").arg(&keys[i]).arg(val(i)).ignore();
+        }
+        p.query::<()>(&mut c).unwrap();
+    }
+    drop(c);
+    stop(&mut server);
+    // How long a re-routing start takes here (on a copy), to spread the kills over it.
+    let copy = DataDir::new("threads-kill-probe");
+    copy_dir(&dir.path, &copy.path);
+    let t = Instant::now();
+    let mut probe = start(&copy.path, "sync", 3, &[]);
+    let full = t.elapsed();
+    stop(&mut probe);
+    let mut layouts = Vec::new();
+    for attempt in 0..8 {
+        let threads = 3 + attempt % 2;
+        let delay = full.mul_f64(rng.gen_range(0.1..1.3));
+        spawn_and_kill_after(&server_args(&dir.path, "sync", threads, &[]), delay);
+        layouts.push((threads, delay, layout(&dir.path)));
+    }
+    eprintln!("re-routing start takes {full:?}; (threads, kill after, LAYOUT after the kill): {layouts:?}");
+    server = start(&dir.path, "sync", 3, &[]);
+    let mut c = server.client();
+    let vals = mget(&mut c, &keys);
+    for (i, v) in vals.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(val(i).as_str()), "{} after killed re-routing restarts", keys[i]);
+    }
+    assert_eq!(dbsize(&mut c), keys.len() as u64);
+    assert_eq!(layout(&dir.path).0, 3);
+    assert_eq!(gen_dirs(&dir.path).len(), 1, "one generation left: {:?}", gen_dirs(&dir.path));
+    drop(c);
+    stop(&mut server);
+}
+
+/// Values far larger than a segment and than the io_uring buffer memory (512 KiB by default).
+#[test]
+fn large_values_survive_kill9() {
+    if Server::own_only() {
+        return;
+    }
+    let dir = DataDir::new("large");
+    let mut server = start(&dir.path, "sync", 1, &[]);
+    let mut c = server.client();
+    let sizes = [300 * 1024, 1 << 20, 5 << 20, 12 << 20];
+    let big = |i: usize, n: usize| -> Vec<u8> { (0..n).map(|j| (j * 7 + i * 13) as u8 | 1).collect() };
+    for (i, &n) in sizes.iter().enumerate() {
+        let _: () = redis::cmd("SET").arg(format!("big:{i}")).arg(big(i, n)).query(&mut c).unwrap();
+    }
+    // And one flush holding several of them (a pipeline).
+    let mut p = redis::pipe();
+    for i in 0..4 {
+        p.cmd("SET").arg(format!("pipe:{i}")).arg(big(10 + i, 2 << 20)).ignore();
+    }
+    p.query::<()>(&mut c).unwrap();
+    drop(c);
+    crash(&mut server);
+    server = start(&dir.path, "sync", 1, &[]);
+    let mut c = server.client();
+    for (i, &n) in sizes.iter().enumerate() {
+        let v: Option<Vec<u8>> = redis::cmd("GET").arg(format!("big:{i}")).query(&mut c).unwrap();
+        assert!(v.as_deref() == Some(&big(i, n)[..]), "big:{i} ({n} bytes) wrong after kill -9");
+    }
+    for i in 0..4 {
+        let v: Option<Vec<u8>> = redis::cmd("GET").arg(format!("pipe:{i}")).query(&mut c).unwrap();
+        assert!(v.as_deref() == Some(&big(10 + i, 2 << 20)[..]), "pipe:{i} wrong after kill -9");
+    }
     drop(c);
     stop(&mut server);
 }
