@@ -295,9 +295,8 @@ fn sync_kill9_cycles_keep_every_acknowledged_write() {
                     if inflight == Some(&now) {
                         total_inflight_applied += 1;
                     } else {
-                        errors.push(format!(
-                            "{key}: holds {now:?}; last acknowledged {acked:?}; in flight {inflight:?}"
-                        ));
+                        errors
+                            .push(format!("{key}: holds {now:?}; last acknowledged {acked:?}; in flight {inflight:?}"));
                     }
                 }
                 // A value some reply revealed before the crash must not be lost.
@@ -322,7 +321,11 @@ fn sync_kill9_cycles_keep_every_acknowledged_write() {
         }
         let db = dbsize(&mut c);
         let i = info(&mut c);
-        assert_eq!(info_u64(&i, "recovery_corrupt_segments"), 0, "cycle {cycle}: kill -9 must never look like corruption");
+        assert_eq!(
+            info_u64(&i, "recovery_corrupt_segments"),
+            0,
+            "cycle {cycle}: kill -9 must never look like corruption"
+        );
         total_torn += info_u64(&i, "recovery_torn_tails");
         assert!(
             errors.is_empty(),
@@ -384,7 +387,6 @@ fn assert_seq_prefix(c: &mut redis::Connection, upper: u64) -> u64 {
 /// The async contract on the flush *interval*: writes are on disk at most
 /// `--wal-flush-interval-ms` after they were acknowledged.
 #[test]
-#[ignore = "bug: in async mode the flusher never wakes on its timer (src/wal/writer.rs run_flusher waits for a kick that append() only sends in sync mode or when the buffer is full)"]
 fn async_crash_loses_at_most_the_flush_window() {
     if Server::own_only() {
         return;
@@ -430,7 +432,6 @@ fn async_crash_loses_at_most_the_flush_window() {
 /// The smallest reproducer of the async timer bug: one write, then 25 flush intervals of
 /// silence; the write must have been flushed (INFO) and must survive kill -9.
 #[test]
-#[ignore = "bug: in async mode the flusher never wakes on its timer (src/wal/writer.rs run_flusher waits for a kick that append() only sends in sync mode or when the buffer is full)"]
 fn async_flush_interval_flushes_an_idle_write() {
     if Server::own_only() {
         return;
@@ -552,7 +553,11 @@ fn rotation_many_segments_survive_stop_and_crash() {
     }
     assert!(bytes > 4_500_000, "wrote only {bytes} bytes");
     let segs = segments(&shard_dir(&dir.path, 0));
-    assert!(segs.len() > 10, "expected more than 10 segments for {bytes} bytes in 64 KB segments, found {}", segs.len());
+    assert!(
+        segs.len() > 10,
+        "expected more than 10 segments for {bytes} bytes in 64 KB segments, found {}",
+        segs.len()
+    );
     let big = segs.iter().filter(|p| std::fs::metadata(p).unwrap().len() > 64 * 1024).count();
     assert!(big >= 1, "a 100 KB flush should have grown a segment past 64 KB");
     drop(c);
@@ -578,7 +583,12 @@ fn rotation_many_segments_survive_stop_and_crash() {
     drop(c);
     crash(&mut server);
     let segs2 = segments(&shard_dir(&dir.path, 0));
-    assert!(segs2.len() > segs.len() + 5, "the overwrites should have added segments: {} -> {}", segs.len(), segs2.len());
+    assert!(
+        segs2.len() > segs.len() + 5,
+        "the overwrites should have added segments: {} -> {}",
+        segs.len(),
+        segs2.len()
+    );
     server = start(&dir.path, "sync", 1, &extra);
     verify_rotation(&mut server.client(), &expected, "after kill -9");
     stop(&mut server);
@@ -735,7 +745,6 @@ fn thread_count_change_keeps_values_and_ttls() {
 /// the old logs one after the other, so a FLUSHALL record in old shard 1's log must not wipe
 /// keys it already loaded from old shard 0's log that were written *after* the FLUSHALL.
 #[test]
-#[ignore = "bug: re-routing replay applies every old shard's FLUSHALL to keys of all old shards (src/wal/replay.rs recover_shard)"]
 fn flushall_before_thread_change_keeps_later_writes() {
     if Server::own_only() {
         return;
@@ -762,7 +771,8 @@ fn flushall_before_thread_change_keeps_later_writes() {
     server = start(&dir.path, "sync", 3, &[]);
     let mut c = server.client();
     let vals = mget(&mut c, &keys);
-    let lost: Vec<&String> = keys.iter().zip(&vals).filter(|(k, v)| v.as_deref() != Some(k.as_str())).map(|(k, _)| k).collect();
+    let lost: Vec<&String> =
+        keys.iter().zip(&vals).filter(|(k, v)| v.as_deref() != Some(k.as_str())).map(|(k, _)| k).collect();
     assert!(
         lost.is_empty(),
         "after 2 -> 3 shards, {} of 40 keys written after FLUSHALL are gone: {lost:?}",
@@ -823,7 +833,6 @@ fn tmpfs_falls_back_to_buffered_io_and_stays_durable() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "bug: WAITAOF is missing from the command table (src/cmd/table.rs): every call gets 'unknown command'"]
 fn waitaof_in_async_mode_makes_writes_durable() {
     if Server::own_only() {
         return;
@@ -859,7 +868,6 @@ fn waitaof_in_async_mode_makes_writes_durable() {
 }
 
 #[test]
-#[ignore = "bug: WAITAOF is missing from the command table (src/cmd/table.rs): every call gets 'unknown command'"]
 fn waitaof_without_durability_is_refused_for_numlocal() {
     if Server::own_only() {
         return;
@@ -870,10 +878,7 @@ fn waitaof_without_durability_is_refused_for_numlocal() {
         raw.cmd(&resp(&[b"WAITAOF", b"1", b"0", b"0"])),
         Reply::Error("ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.".into())
     );
-    assert_eq!(
-        raw.cmd(&resp(&[b"WAITAOF", b"0", b"0", b"0"])),
-        Reply::Array(Some(vec![Reply::Int(0), Reply::Int(0)]))
-    );
+    assert_eq!(raw.cmd(&resp(&[b"WAITAOF", b"0", b"0", b"0"])), Reply::Array(Some(vec![Reply::Int(0), Reply::Int(0)])));
 }
 
 // ---------------------------------------------------------------------------------------------

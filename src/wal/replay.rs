@@ -116,12 +116,40 @@ pub fn remove_other_generations(data_dir: &Path, keep: u64) -> Result<(), Recove
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(g) = name.strip_prefix("gen-").and_then(|g| g.parse::<u64>().ok()) {
             if g != keep {
+                keep_set_aside_files(data_dir, &e.path(), g)?;
                 tracing::info!("removing stale log generation {}", e.path().display());
                 std::fs::remove_dir_all(e.path()).map_err(io("remove", data_dir))?;
             }
         }
     }
     sync_dir(data_dir).map_err(io("fsync", data_dir))
+}
+
+/// Moves `*.corrupt` files (bytes set aside by `--recovery tolerate-corruption`) out of a
+/// generation about to be removed, into `<data-dir>/corrupt/`: set-aside data is never deleted.
+fn keep_set_aside_files(data_dir: &Path, gen_dir: &Path, generation: u64) -> Result<(), RecoverError> {
+    let Ok(shards) = std::fs::read_dir(gen_dir) else {
+        return Ok(());
+    };
+    let target = data_dir.join("corrupt");
+    for shard in shards.flatten() {
+        let Ok(files) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.contains(".corrupt") {
+                std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+                let dest = unused_name(
+                    &target.join(format!("gen-{generation}-{}-{name}", shard.file_name().to_string_lossy())),
+                );
+                std::fs::rename(f.path(), &dest).map_err(io("rename", &dest))?;
+                sync_dir(&target).map_err(io("fsync", &target))?;
+                tracing::warn!("kept set-aside WAL bytes as {}", dest.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies one record to a store (replay). Expired values are dropped as they load.

@@ -284,7 +284,11 @@ impl ShardLog {
                 }
                 // Idle: sleep until something is appended (or shutdown).
                 futures_lite::future::or(futures_lite::future::or(kick.wait(), wake.wait()), stop.wait()).await;
+                // Reset both events before re-checking the state (single-threaded: nothing can
+                // be appended between the reset and the check, so no wake-up is lost). A kick
+                // left set with nothing pending would otherwise spin this loop forever.
                 *self.wake.borrow_mut() = Rc::new(LocalEvent::default());
+                *self.kick.borrow_mut() = Rc::new(LocalEvent::default());
                 continue;
             }
             if self.cfg.durability == Durability::Async && !kick.is_set() && !stop.is_set() {

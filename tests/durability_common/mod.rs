@@ -278,10 +278,7 @@ pub fn connect(addr: SocketAddr) -> redis::Connection {
 /// `INFO persistence` as a map.
 pub fn info(c: &mut redis::Connection) -> HashMap<String, String> {
     let text: String = redis::cmd("INFO").arg("persistence").query(c).expect("INFO persistence");
-    text.lines()
-        .filter_map(|l| l.trim_end().split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    text.lines().filter_map(|l| l.trim_end().split_once(':')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn info_u64(info: &HashMap<String, String>, field: &str) -> u64 {
@@ -451,7 +448,8 @@ pub fn is_tmpfs(path: &Path) -> bool {
 pub fn supports_o_direct(dir: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
     let probe = dir.join(".test-o-direct-probe");
-    let r = std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&probe);
+    let r =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&probe);
     let _ = std::fs::remove_file(&probe);
     match r {
         Ok(_) => true,
