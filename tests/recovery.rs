@@ -479,7 +479,7 @@ fn second_tolerated_corruption_keeps_the_first_set_aside_bytes() {
     stop(&mut server);
     let kept: Vec<Vec<u8>> = find_files(&dir.path, ".corrupt").iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(
-        kept.iter().any(|k| *k == first_aside),
+        kept.contains(&first_aside),
         "the bytes set aside by the first recovery ({} bytes) are gone; .corrupt files now: {:?}",
         first_aside.len(),
         find_files(&dir.path, ".corrupt")
