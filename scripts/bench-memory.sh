@@ -61,6 +61,7 @@ fill() {
 
 wait_quiet
 LOAD_START=$(load_avg)
+BUSY_START=$(cpu_busy)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 ROUNDS_CSV="$BENCH_TMP/memory-rounds.csv"
 echo "round,server,rss_before_kb,rss_after_kb,used_memory_before,used_memory,bytes_per_key,keys,load1" >"$ROUNDS_CSV"
@@ -114,7 +115,7 @@ TABLE="$BENCH_TMP/memory.txt"
     machine_info
     echo "workload:  $KEYS distinct keys 'key:%011d' (15 B) with 32 B values, SET through redis-cli --pipe"
     echo "rounds:    $ROUNDS, fresh servers each round, alternating which is filled first; medians of the rounds"
-    echo "load avg:  $LOAD_START at start, $LOAD_END at end (1/5/15 min)"
+    echo "load avg:  $LOAD_START at start, $LOAD_END at end (1/5/15 min); CPUs busy just before: $BUSY_START"
     echo
     printf '%-32s %12s %12s %7s  %s\n' "figure (median)" ringcache redis ratio "per-round ringcache / redis"
     printf '%-32s %12s %12s %7s  %s / %s\n' "RSS growth per key (B)" "$m_rc_rss" "$m_rd_rss" "$r" \

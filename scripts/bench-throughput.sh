@@ -60,39 +60,63 @@ need_redis
 need_ringcache
 check_cpus
 
-# port_of NAME
+# port_of NAME / pid_of NAME
 port_of() { if [[ $1 == ringcache ]]; then echo "$RC_PORT"; else echo "$REDIS_PORT"; fi; }
+pid_of() { if [[ $1 == ringcache ]]; then echo "$RC_PID"; else echo "$REDIS_PID"; fi; }
 
-# run_rb PORT PIPELINE -> "set_ops get_ops" from redis-benchmark's CSV.
-run_rb() {
-    local port=$1 p=$2 n=$RB_REQUESTS out
-    (( p > 1 )) && n=$RB_REQUESTS_PIPELINED
-    out=$(timeout "$RUN_TIMEOUT_S" taskset -c "$CLIENT_CPU" redis-benchmark -h 127.0.0.1 -p "$port" \
-        -c 50 -d 256 -r 100000 -t set,get -P "$p" -n "$n" --csv 2>/dev/null) \
-        || die "redis-benchmark against port $port failed or timed out"
-    awk -F'"' '$2 == "SET" { s = $4 } $2 == "GET" { g = $4 } END { printf "%.0f %.0f\n", s, g }' <<<"$out"
+# ticks PID: utime + stime of the process (all threads), in clock ticks.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# timed SERVER_PID OUT -- CMD...: runs CMD with stdout to OUT; prints "server_cpu_s client_cpu_s
+# wall_s": the server's CPU time over the run (from /proc/PID/stat) and the client's (bash's
+# `time`, which counts the command and its children). Fails if CMD fails.
+timed() {
+    local pid=$1 out=$2 s0 s1 rc=0 TIMEFORMAT='%U %S %R'
+    shift 3
+    s0=$(ticks "$pid")
+    { time "$@" >"$out" 2>"$out.err" || rc=$?; } 2>"$out.time"
+    s1=$(ticks "$pid")
+    (( rc == 0 )) || { cat "$out.err" >&2; return "$rc"; }
+    awk -v s="$((s1 - s0))" -v hz="$(getconf CLK_TCK)" '{ print s / hz, $1 + $2, $3 }' "$out.time"
 }
 
-# run_lg PORT PIPELINE -> "set_ops get_ops": a SET-only run, then a GET-only run over the same
-# keys (so GETs hit, like redis-benchmark's GET after its SET).
+# run_rb SERVER PIPELINE -> "set_ops get_ops server_cpu% client_cpu%" from redis-benchmark's CSV
+# (CPU% over the whole run, SET and GET).
+run_rb() {
+    local port pid p=$2 n=$RB_REQUESTS t out="$BENCH_TMP/rb.csv"
+    port=$(port_of "$1"); pid=$(pid_of "$1")
+    (( p > 1 )) && n=$RB_REQUESTS_PIPELINED
+    t=$(timed "$pid" "$out" -- timeout "$RUN_TIMEOUT_S" taskset -c "$CLIENT_CPU" redis-benchmark \
+        -h 127.0.0.1 -p "$port" -c 50 -d 256 -r 100000 -t set,get -P "$p" -n "$n" --csv) \
+        || die "redis-benchmark against $1 failed or timed out"
+    awk -F'"' -v t="$t" '$2 == "SET" { s = $4 } $2 == "GET" { g = $4 }
+        END { split(t, c, " "); printf "%.0f %.0f %.0f %.0f\n", s, g, 100 * c[1] / c[3], 100 * c[2] / c[3] }' "$out"
+}
+
+# run_lg SERVER PIPELINE -> "set_ops get_ops server_cpu% client_cpu%": a SET-only run, then a
+# GET-only run over the same keys (so GETs hit, like redis-benchmark's GET after its SET).
 run_lg() {
-    local port=$1 p=$2 op ratio json ops=()
+    local port pid p=$2 op ratio json ops=() t cpu="0 0 0"
+    port=$(port_of "$1"); pid=$(pid_of "$1")
     for op in SET GET; do
         if [[ $op == SET ]]; then ratio=1:0; else ratio=0:1; fi
         json="$BENCH_TMP/lg-$port-$p-$op.json"
-        timeout "$RUN_TIMEOUT_S" taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" run \
-            --target "127.0.0.1:$port" --connections 50 --client-threads 1 --cpus "$CLIENT_CPU" \
-            --pipeline "$p" --ratio "$ratio" --value-bytes 256 --keys 100000 --key-dist uniform \
-            --duration-s "$LG_DURATION_S" --warmup-s 1 --seed 42 --quiet --json "$json" \
-            >"$BENCH_TMP/lg.out" 2>&1 \
-            || { cat "$BENCH_TMP/lg.out" >&2; die "loadgen against port $port failed or timed out"; }
+        t=$(timed "$pid" "$BENCH_TMP/lg.out" -- timeout "$RUN_TIMEOUT_S" taskset -c "$CLIENT_CPU" \
+            "$LOADGEN_BIN" run --target "127.0.0.1:$port" --connections 50 --client-threads 1 \
+            --cpus "$CLIENT_CPU" --pipeline "$p" --ratio "$ratio" --value-bytes 256 --keys 100000 \
+            --key-dist uniform --duration-s "$LG_DURATION_S" --warmup-s 1 --seed 42 --quiet \
+            --json "$json") \
+            || die "loadgen against $1 failed or timed out"
+        cpu=$(awk -v a="$cpu" -v b="$t" 'BEGIN { split(a, x, " "); split(b, y, " ");
+            print x[1] + y[1], x[2] + y[2], x[3] + y[3] }')
         # The first `"op": "<OP>"` of the JSON is the target's total for that op; its next line
         # is `"ops_per_s": <n>`. (jq would be neater; this keeps the script dependency-free.)
-        ops+=("$(awk -v op="\"$op\"," '$1 == "\"op\":" && $2 == op { getline; gsub(",", "", $2);
-            printf "%.0f", $2; exit }' "$json")")
+        ops+=("$(awk -v op="\"$op\"," '$1 == "\"op\":" && $2 == op && !done { getline; gsub(",", "", $2);
+            printf "%.0f", $2; done = 1 }' "$json")")
         [[ -n ${ops[-1]} ]] || die "no $op ops/s in $json"
     done
-    echo "${ops[*]}"
+    awk -v o="${ops[*]}" -v c="$cpu" 'BEGIN { split(c, x, " ");
+        printf "%s %.0f %.0f\n", o, 100 * x[1] / x[3], 100 * x[2] / x[3] }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +181,12 @@ analyze_one() {
     wait "$p1" "$p2" "$p3"
     # Where the server's time goes: a profile over the same load, after the counted window so
     # that perf record's own cost does not bend the counts.
+    # The client is profiled at the same time: it pays for waking the server (the IPI is sent
+    # from its loopback send).
+    perf record -g -o "$BENCH_TMP/perf-client-$name.data" -p "$rb" -- sleep 4 >/dev/null 2>&1 &
+    p1=$!
     perf record -g -o "$BENCH_TMP/perf-$name.data" -p "$pid" -- sleep 4 >/dev/null 2>&1
+    wait "$p1" || true
     kill "$rb" 2>/dev/null || true
     wait "$rb" 2>/dev/null || true
     {
@@ -175,6 +204,31 @@ analyze_one() {
     } >>"$BENCH_TMP/analysis.kv"
 }
 
+# profile_pipelined NAME PID PORT: a profile of the server under the pipelined GET load
+# (-P 16), where both servers are CPU-bound, with ops/s and server CPU% over the same 4 s.
+profile_pipelined() {
+    local name=$1 pid=$2 port=$3 rb c0 c1 s0 s1 t0 t1
+    log "analyze: $name pipelined"
+    taskset -c "$CLIENT_CPU" redis-benchmark -p "$port" -c 50 -d 256 -r 100000 -t get -P 16 \
+        -n 1000000000 -q >/dev/null 2>&1 &
+    rb=$!
+    sleep 2
+    c0=$(info_field "$port" total_commands_processed); s0=$(ticks "$pid"); t0=$(date +%s.%N)
+    perf stat -x, -o "$BENCH_TMP/p16-res-$name.csv" -e irq_vectors:reschedule_entry -p "$pid" \
+        -- sleep 4 2>/dev/null &
+    local ps=$!
+    perf record -g -o "$BENCH_TMP/perf-p16-$name.data" -p "$pid" -- sleep 4 >/dev/null 2>&1
+    wait "$ps" || true
+    c1=$(info_field "$port" total_commands_processed); s1=$(ticks "$pid"); t1=$(date +%s.%N)
+    kill "$rb" 2>/dev/null || true
+    wait "$rb" 2>/dev/null || true
+    local res
+    res=$(awk -F, '$3 == "irq_vectors:reschedule_entry" { print $1 }' "$BENCH_TMP/p16-res-$name.csv")
+    awk -v n="$name" -v r="$((c1 - c0))" -v s="$((s1 - s0))" -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" \
+        -v res="${res:-0}" 'BEGIN { printf "%s %.0f %.0f %.0f\n", n, r / (b - a), 100 * s / hz / (b - a), res / 4 }' \
+        >>"$BENCH_TMP/p16.txt"
+}
+
 # Top entries of a profile: percentage and symbol only.
 profile_top() {
     perf report -i "$1" --stdio $2 -g none --percent-limit "$3" 2>/dev/null \
@@ -186,6 +240,9 @@ analyze() {
     local servers="ringcache redis"
     write_window_script
     wait_quiet
+    local load0 busy0
+    load0=$(load_avg)
+    busy0=$(cpu_busy)
     start_ringcache "$RC_PORT"; local rc_pid=$RC_PID
     start_redis "$REDIS_PORT"
     if [[ -n ${ANALYZE_ALT_BIN:-} ]]; then
@@ -201,6 +258,7 @@ analyze() {
     log "analyze: background (servers idle)"
     perf stat -a -x, -o "$BENCH_TMP/sys-idle.csv" -e "$SYS_EVENTS" -- sleep "$ANALYZE_WINDOW_S" 2>/dev/null
     : >"$BENCH_TMP/analysis.kv"
+    : >"$BENCH_TMP/p16.txt"
     local s
     for s in $servers; do
         case $s in
@@ -209,6 +267,9 @@ analyze() {
             ringcache-alt) analyze_one "$s" "$alt_pid" "${ALT_PORT:-7103}" ;;
         esac
     done
+    profile_pipelined ringcache "$rc_pid" "$RC_PORT"
+    profile_pipelined redis "$REDIS_PID" "$REDIS_PORT"
+    [[ -n ${ANALYZE_ALT_BIN:-} ]] && profile_pipelined ringcache-alt "$alt_pid" "${ALT_PORT:-7103}"
     local out="$BENCH_TMP/analysis.txt" hz
     hz=$(getconf CLK_TCK)
     {
@@ -218,6 +279,7 @@ analyze() {
         [[ -n ${ANALYZE_ALT_BIN:-} ]] && echo "alt:       ringcache-alt = $ANALYZE_ALT_BIN"
         echo "client:    redis-benchmark -c 50 -d 256 -r 100000 -t get (unpipelined), CPU $CLIENT_CPU"
         echo "window:    ${ANALYZE_WINDOW_S} s per server after 2 s of warm-up, one server after the other: $servers"
+        echo "load avg:  $load0 at start, $(load_avg) at end (1/5/15 min); CPUs busy just before: $busy0"
         echo
         echo "Every figure is per request (requests = INFO total_commands_processed delta over the"
         echo "window) except ops/s and CPU% (utime+stime delta of the process, /proc/PID/stat)."
@@ -288,9 +350,54 @@ analyze() {
             profile_top "$BENCH_TMP/perf-$s.data" "--children --sort symbol" 5 30
         done
         echo
-        echo "redis server profile: top by self time (perf report --no-children --sort dso,symbol):"
+        echo "Waking the server: inclusive share of samples under each symbol, in the server's and in"
+        echo "the client's profile (perf report --children --sort symbol). sock_def_readable = a"
+        echo "loopback send waking the receiving socket's waiters (for ringcache: the io_uring poll, which"
+        echo "queues task_work and kicks the shard; for Redis: the epoll callback); x2apic_send_IPI ="
+        echo "sending an IPI; asm_sysvec_reschedule_ipi = taking one; tctx_task_work = running io_uring"
+        echo "task_work; __do_sys_io_uring_enter / do_epoll_wait = the event-loop syscalls. On this VM"
+        echo "perf samples with cpu-clock (no PMU), so time with interrupts off lands on the next"
+        echo "_raw_spin_unlock_irqrestore: wake-up costs show up inclusively, not as self time."
+        echo
+        local syms='sock_def_readable x2apic_send_IPI asm_sysvec_reschedule_ipi tctx_task_work'
+        syms+=' __do_sys_io_uring_enter do_epoll_wait'
+        printf '%-30s' "symbol"
+        for s in $servers; do printf ' %15s %15s' "$s srv" "$s cli"; done
+        echo
+        for sym in $syms; do
+            printf '%-30s' "$sym"
+            for s in $servers; do
+                for f in "perf-$s" "perf-client-$s"; do
+                    printf ' %15s' "$(perf report -i "$BENCH_TMP/$f.data" --children --sort symbol --stdio \
+                        -g none 2>/dev/null | awk -v sym="$sym" '$4 == sym && !done { print $1; done = 1 }
+                        END { if (!done) print "-" }')"
+                done
+            done
+            echo
+        done
+        echo
+        echo "redis server profile: top by self time (perf report --no-children --sort dso,symbol;"
+        echo "Debian's redis-server is a link to redis-check-rdb, hence the name):"
         echo
         profile_top "$BENCH_TMP/perf-redis.data" "--no-children --sort dso,symbol" 1.5 20
+        echo
+        echo "## Pipelined: redis-benchmark -c 50 -d 256 -r 100000 -t get -P 16, 4 s per server"
+        echo
+        echo "ops/s from INFO total_commands_processed, server CPU% from /proc/PID/stat, RES IPIs/s taken"
+        echo "by the server process (perf stat -e irq_vectors:reschedule_entry -p PID), all over the same 4 s."
+        echo
+        printf '%-14s %12s %12s %12s\n' server ops/s "server CPU%" "RES IPIs/s"
+        awk '{ printf "%-14s %12s %11s%% %12s\n", $1, $2, $3, $4 }' "$BENCH_TMP/p16.txt"
+        for s in $servers; do
+            echo
+            echo "$s server profile under -P 16, top by self time (perf report --no-children --sort dso,symbol):"
+            echo
+            profile_top "$BENCH_TMP/perf-p16-$s.data" "--no-children --sort dso,symbol" 1.5 25
+        done
+        echo
+        echo "ringcache server profile under -P 16, inclusive (perf report --children --sort symbol):"
+        echo
+        profile_top "$BENCH_TMP/perf-p16-ringcache.data" "--children --sort symbol" 5 40
     } | tee "$out"
     if (( WRITE )); then
         mkdir -p "$BENCH_OUT"
@@ -310,12 +417,13 @@ fi
 
 wait_quiet
 LOAD_START=$(load_avg)
+BUSY_START=$(cpu_busy)
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 start_ringcache "$RC_PORT"
 start_redis "$REDIS_PORT"
 
 ROUNDS_CSV="$BENCH_TMP/throughput-rounds.csv"
-echo "round,client,pipeline,server,set_ops,get_ops,load1" >"$ROUNDS_CSV"
+echo "round,client,pipeline,server,set_ops,get_ops,server_cpu_pct,client_cpu_pct,load1" >"$ROUNDS_CSV"
 for round in $(seq "$ROUNDS"); do
     if (( round % 2 )); then order="ringcache redis"; else order="redis ringcache"; fi
     for client in $CLIENT_LIST; do
@@ -323,13 +431,13 @@ for round in $(seq "$ROUNDS"); do
             for server in $order; do
                 l1=$(cut -d' ' -f1 /proc/loadavg)
                 if [[ $client == redis-benchmark ]]; then
-                    res=$(run_rb "$(port_of "$server")" "$p")
+                    res=$(run_rb "$server" "$p")
                 else
-                    res=$(run_lg "$(port_of "$server")" "$p")
+                    res=$(run_lg "$server" "$p")
                 fi
-                read -r set get <<<"$res"
-                log "round $round $client P$p $server: SET $set GET $get ops/s (load $l1)"
-                echo "$round,$client,$p,$server,$set,$get,$l1" >>"$ROUNDS_CSV"
+                read -r set get srv cli <<<"$res"
+                log "round $round $client P$p $server: SET $set GET $get ops/s, CPU server $srv% client $cli% (load $l1)"
+                echo "$round,$client,$p,$server,$set,$get,$srv,$cli,$l1" >>"$ROUNDS_CSV"
             done
         done
     done
@@ -350,9 +458,10 @@ TABLE="$BENCH_TMP/throughput.txt"
     machine_info
     echo "workload:  -c 50 -d 256 -r 100000, SET then GET; unpipelined (P1) and -P 16 (P16)"
     echo "rounds:    $ROUNDS, alternating which server goes first; figures are medians of the rounds"
-    echo "load avg:  $LOAD_START at start, $LOAD_END at end (1/5/15 min)"
+    echo "load avg:  $LOAD_START at start, $LOAD_END at end (1/5/15 min); CPUs busy just before: $BUSY_START"
     echo
-    printf '%-16s %-4s %-4s %12s %12s %7s %7s  %s\n' client mode op ringcache redis ratio target "per-round ringcache / redis"
+    printf '%-16s %-4s %-4s %10s %10s %6s  %-12s %s\n' client mode op ringcache redis ratio target \
+        "per round: ringcache / redis"
     for client in $CLIENT_LIST; do
         for p in 1 16; do
             target=1.0
@@ -366,9 +475,24 @@ TABLE="$BENCH_TMP/throughput.txt"
                 mrd=$(median "${rd[@]}")
                 r=$(ratio "$mrc" "$mrd")
                 met=$(awk -v r="$r" -v t="$target" 'BEGIN { print (r >= t) ? "met" : "missed" }')
-                printf '%-16s %-4s %-4s %12s %12s %7s %7s  %s / %s\n' "$client" "P$p" "${op^^}" "$mrc" \
-                    "$mrd" "$r" "≥$target $met" "$(IFS=' '; echo "${rc[*]}")" "$(IFS=' '; echo "${rd[*]}")"
+                printf '%-16s %-4s %-4s %10s %10s %6s  %-12s %s / %s\n' "$client" "P$p" "${op^^}" "$mrc" \
+                    "$mrd" "$r" "≥$target $met" "${rc[*]}" "${rd[*]}"
             done
+        done
+    done
+    echo
+    echo "CPU use during the runs (medians; % of one CPU over each client run, SET and GET together):"
+    printf '%-16s %-4s %16s %16s %16s %16s\n' client mode "ringcache srv" "its client" "redis srv" "its client"
+    for client in $CLIENT_LIST; do
+        for p in 1 16; do
+            printf '%-16s %-4s' "$client" "P$p"
+            for server in ringcache redis; do
+                for f in server_cpu_pct client_cpu_pct; do
+                    # shellcheck disable=SC2046
+                    printf ' %15s%%' "$(median $(col "$client" "$p" "$server" "$f"))"
+                done
+            done
+            echo
         done
     done
     echo
@@ -376,6 +500,8 @@ TABLE="$BENCH_TMP/throughput.txt"
     echo "loadgen's measured ok replies per second over a ${LG_DURATION_S} s window after 1 s warm-up (closed loop,"
     echo "--pipeline 16 keeps 16 requests in flight per connection, where redis-benchmark -P 16 sends 16 and"
     echo "waits for all 16 replies). Targets: P16 ≥ 1.3x Redis, P1 ≥ 1.0x (docs/PERFORMANCE.md)."
+    echo "CPU%: server utime+stime from /proc/PID/stat, client user+sys from bash's time, over the"
+    echo "client's wall time (connection setup and loadgen's 1 s warm-up included)."
 } | tee "$TABLE"
 
 if (( WRITE )); then

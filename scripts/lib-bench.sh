@@ -105,6 +105,17 @@ check_cpus() {
 
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# cpu_busy: how busy each CPU was over the last second, e.g. "cpu0 3% cpu1 2%". The load average
+# lags by minutes; this says what the benchmark is about to share the machine with.
+cpu_busy() {
+    local a b
+    a=$(awk '/^cpu[0-9]+ / { print $1, $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu[0-9]+ / { print $1, $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    paste -d' ' <(echo "$a") <(echo "$b") \
+        | awk '{ printf "%s%s %.0f%%", (NR > 1 ? " " : ""), $1, 100 * (1 - ($5 - $2) / ($6 - $3)) } END { print "" }'
+}
+
 # Waits (bounded) for the 1-minute load average to drop below BENCH_MAX_LOAD.
 wait_quiet() {
     local waited=0 l1
