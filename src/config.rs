@@ -22,8 +22,9 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub maxclients: usize,
 
-    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len).
-    #[arg(long = "proto-max-bulk-len", default_value_t = 512 * 1024 * 1024, value_parser = parse_bytes)]
+    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len); at most
+    /// 512mb, the largest value the write-ahead log can hold.
+    #[arg(long = "proto-max-bulk-len", default_value_t = PROTO_MAX_BULK_LEN_MAX, value_parser = parse_proto_max_bulk_len)]
     pub proto_max_bulk_len: usize,
 
     /// Largest amount of unparsed input buffered for one client, in bytes; a client over it is
@@ -115,6 +116,18 @@ impl Config {
 
 /// Parses a byte size: a plain number or one with a unit (`64kb`, `512mb`, `1gb`, `4k`), units
 /// as Redis reads them (`k`=1000, `kb`=1024, ...).
+/// Upper bound of `proto-max-bulk-len` (command line and CONFIG SET): the largest value a WAL
+/// record holds, so that every value a client can create can also be logged.
+pub const PROTO_MAX_BULK_LEN_MAX: usize = crate::wal::format::MAX_VALUE_BYTES;
+
+fn parse_proto_max_bulk_len(s: &str) -> Result<usize, String> {
+    let v = parse_bytes(s)?;
+    if v > PROTO_MAX_BULK_LEN_MAX {
+        return Err(format!("'{s}' is over the limit of {PROTO_MAX_BULK_LEN_MAX} bytes (512mb)"));
+    }
+    Ok(v)
+}
+
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
     let lower = s.trim().to_ascii_lowercase();
     let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());

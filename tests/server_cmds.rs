@@ -677,6 +677,38 @@ fn config_set_maxclients_is_visible_to_config_get() {
     assert_eq!(pairs(array(cmd(&mut c, &["CONFIG", "GET", "maxclients"])))[0].1, bulk(original.as_bytes()));
 }
 
+#[test]
+fn config_set_memory_limits_are_bounded_like_redis() {
+    let server = Server::start();
+    let mut c = server.raw();
+    let failed =
+        |name: &str, why: &str| err(&format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument {why}"));
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "5"]),
+        failed("proto-max-bulk-len", "must be between 1048576 and 536870912 inclusive")
+    );
+    // Redis accepts up to 2^63-1; our bound is the largest value the log can hold.
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "1gb"]),
+        failed("proto-max-bulk-len", "must be between 1048576 and 536870912 inclusive")
+    );
+    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "abc"]), failed("proto-max-bulk-len", "must be a memory value"));
+    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "-5"]), failed("proto-max-bulk-len", "must be a memory value"));
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "client-query-buffer-limit", "5"]),
+        failed("client-query-buffer-limit", "must be between 1048576 and 9223372036854775807 inclusive")
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "maxclients", "0"]),
+        failed("maxclients", "must be between 1 and 4294967295 inclusive")
+    );
+    // Nothing changed by the refused calls; a value in range is taken.
+    let get = |c: &mut _, name: &str| bulk_str(&pairs(array(cmd(c, &["CONFIG", "GET", name])))[0].1);
+    assert_eq!(get(&mut c, "proto-max-bulk-len"), "536870912");
+    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "2mb"]), simple("OK"));
+    assert_eq!(get(&mut c, "proto-max-bulk-len"), "2097152");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Generic errors
 // ---------------------------------------------------------------------------------------------

@@ -533,15 +533,31 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                     ));
                 }
                 let value = String::from_utf8_lossy(&kv[1]);
-                let parsed = if *pname == "maxclients" {
-                    value.parse::<usize>().ok().filter(|&v| v >= 1)
-                } else {
-                    crate::config::parse_bytes(&value).ok().filter(|&v| v >= 1024)
+                // Redis's bounds and messages, except proto-max-bulk-len's upper bound: the
+                // largest value a WAL record can hold.
+                let (parsed, min, max, unparsable) = match *pname {
+                    "maxclients" => (value.parse::<u64>().ok(), 1, u64::from(u32::MAX), "couldn't be parsed into an integer"),
+                    "proto-max-bulk-len" => (
+                        crate::config::parse_bytes(&value).ok().map(|v| v as u64),
+                        CONFIG_MIN_MEMORY_BYTES,
+                        crate::config::PROTO_MAX_BULK_LEN_MAX as u64,
+                        "must be a memory value",
+                    ),
+                    _ => (
+                        crate::config::parse_bytes(&value).ok().map(|v| v as u64),
+                        CONFIG_MIN_MEMORY_BYTES,
+                        i64::MAX as u64,
+                        "must be a memory value",
+                    ),
                 };
+                let failed = |why: String| format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument {why}");
                 let Some(v) = parsed else {
-                    return out.error(&format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument couldn't be parsed into an integer"));
+                    return out.error(&failed(unparsable.to_string()));
                 };
-                updates.push((*pname, v));
+                if v < min || v > max {
+                    return out.error(&failed(format!("must be between {min} and {max} inclusive")));
+                }
+                updates.push((*pname, v as usize));
             }
             let g = &conn.shard.global;
             for (name, v) in updates {
@@ -563,6 +579,9 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
         _ => unreachable_sub(out),
     }
 }
+
+/// Smallest `proto-max-bulk-len` and `client-query-buffer-limit` CONFIG SET accepts (Redis's).
+const CONFIG_MIN_MEMORY_BYTES: u64 = 1024 * 1024;
 
 fn human(bytes: u64) -> String {
     let b = bytes as f64;
