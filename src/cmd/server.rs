@@ -749,7 +749,7 @@ fn persistence(config: &crate::config::Config, wals: &[crate::shard::ops::WalRep
         us_total.checked_div(flushes).unwrap_or(0),
         wals.iter().map(|w| w.stats.flush_us_max).max().unwrap_or(0),
         sum(&|w| w.stats.segments_created),
-        sum(&|w| (w.last_lsn + 1).saturating_sub(w.durable_lsn)),
+        sum(&|w| w.last_lsn.saturating_sub(w.durable_lsn)),
         sum(&|w| w.recovery.segments),
         sum(&|w| w.recovery.records),
         sum(&|w| w.recovery.bytes_read),

@@ -222,7 +222,9 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
                 io_mode: w.io_mode(),
                 fault: w.fault(),
                 last_lsn: w.last_lsn(),
-                durable_lsn: w.durable_lsn(),
+                // The log's `durable_lsn` is the first LSN not yet durable; report the last
+                // durable one, comparable with `last_lsn`.
+                durable_lsn: w.durable_lsn().saturating_sub(1),
                 stats: w.stats(),
                 recovery: shard.recovery.borrow().clone(),
             }),

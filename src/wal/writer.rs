@@ -221,6 +221,7 @@ impl ShardLog {
         self.pending.borrow().next_lsn().saturating_sub(1)
     }
 
+    /// The first LSN not yet durable: every record below it is on disk.
     pub fn durable_lsn(&self) -> u64 {
         self.durable_lsn.get()
     }
