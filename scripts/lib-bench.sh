@@ -144,7 +144,10 @@ port_free() {
 start_ringcache() {
     local port=$1 logf="$BENCH_TMP/ringcache-$1.log" i
     port_free "$port"
+    # Persistence off unless RC_DURABILITY says otherwise (the throughput and memory targets
+    # compare against Redis without persistence).
     taskset -c "$SERVER_CPU" "$RINGCACHE_BIN" --bind "127.0.0.1:$port" --threads 1 --log-level info \
+        --durability "${RC_DURABILITY:-off}" --data-dir "$BENCH_TMP/ringcache-data-$port" \
         2>"$logf" >/dev/null &
     RC_PID=$!
     _BENCH_PIDS+=("$RC_PID")
@@ -196,7 +199,7 @@ machine_info() {
     local model
     model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo "machine:   $(nproc) CPUs ($model), kernel $(uname -r), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
-    echo "ringcache: $("$RINGCACHE_BIN" --version 2>/dev/null) (git $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), --threads 1"
+    echo "ringcache: $("$RINGCACHE_BIN" --version 2>/dev/null) (git $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), --threads 1 --durability ${RC_DURABILITY:-off}"
     echo "redis:     $("$REDIS_SERVER" --version | grep -o 'v=[^ ]*' | cut -c3-), --save '' --appendonly no"
     echo "pinning:   servers on CPU $SERVER_CPU (taskset), clients on CPU $CLIENT_CPU"
 }
