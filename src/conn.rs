@@ -56,7 +56,7 @@ struct Round {
     order: Vec<(u32, u32)>,
     /// Local replies written after the first remote command of the round.
     local: Vec<u8>,
-    local_ends: Vec<u32>,
+    local_ends: Vec<usize>,
     has_remote: bool,
 }
 
@@ -298,7 +298,7 @@ fn local_reply(round: &mut Round, out: &mut Vec<u8>, proto: Protocol, f: impl Fn
     }
     f(&mut ReplyWriter::new(&mut round.local, proto));
     round.order.push((LOCAL, round.local_ends.len() as u32));
-    round.local_ends.push(round.local.len() as u32);
+    round.local_ends.push(round.local.len());
 }
 
 /// Sends every pending batch (all in flight together), waits for the replies and appends all
@@ -314,7 +314,7 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
             calls.push((s, shard.send(s, Request::Batch { proto, cmds }).await));
         }
     }
-    let mut replies: Vec<Option<(Vec<u8>, Vec<u32>)>> = vec![None; round.batches.len()];
+    let mut replies: Vec<Option<(Vec<u8>, Vec<usize>)>> = vec![None; round.batches.len()];
     let mut durable = true;
     for (s, call) in calls {
         if let Some(call) = call {
@@ -337,8 +337,8 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
                 }
             }
         };
-        let start = if idx == 0 { 0 } else { ends[idx as usize - 1] as usize };
-        out.extend_from_slice(&buf[start..ends[idx as usize] as usize]);
+        let start = if idx == 0 { 0 } else { ends[idx as usize - 1] };
+        out.extend_from_slice(&buf[start..ends[idx as usize]]);
     }
     round.order.clear();
     round.local.clear();

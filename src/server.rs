@@ -115,9 +115,54 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
     Ok(f)
 }
 
+/// File descriptors kept free for the server's own use: 32 like Redis
+/// (`CONFIG_MIN_RESERVED_FDS`), plus per shard its io_uring rings, eventfds, listener, mesh
+/// notifiers and log files.
+const RESERVED_FDS: u64 = 32;
+const RESERVED_FDS_PER_SHARD: u64 = 16;
+
+/// Raises `RLIMIT_NOFILE` so that `maxclients` clients fit, as Redis does at startup: the soft
+/// limit first (and the hard one, which root may raise) up to what is needed. When the limit
+/// cannot go that high, lowers `maxclients` to what fits and says so in one line. Returns the
+/// `maxclients` to use.
+fn fit_open_files_limit(maxclients: usize, shards: usize) -> usize {
+    let need = maxclients as u64 + RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+        return maxclients;
+    }
+    let attempts = [
+        libc::rlimit { rlim_cur: need, rlim_max: lim.rlim_max.max(need) },
+        libc::rlimit { rlim_cur: need.min(lim.rlim_max), rlim_max: lim.rlim_max },
+    ];
+    let before = lim.rlim_cur;
+    for want in attempts {
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim = want;
+            if lim.rlim_cur >= need {
+                tracing::info!(
+                    "raised the open files limit (RLIMIT_NOFILE) from {before} to {need} for maxclients {maxclients}"
+                );
+                return maxclients;
+            }
+            break;
+        }
+    }
+    let reserved = RESERVED_FDS + RESERVED_FDS_PER_SHARD * shards as u64;
+    let fit = lim.rlim_cur.saturating_sub(reserved).max(1) as usize;
+    tracing::warn!(
+        "maxclients {maxclients} needs {need} open files but the limit (RLIMIT_NOFILE) is {}: maxclients lowered to {fit}; raise it with `ulimit -n {need}` or LimitNOFILE= in the systemd unit",
+        lim.rlim_cur
+    );
+    fit
+}
+
 /// Runs the server until shutdown. Returns an error only for startup failures.
-pub fn run(config: Config) -> Result<(), StartError> {
+pub fn run(mut config: Config) -> Result<(), StartError> {
     let n = config.shard_count();
+    config.maxclients = fit_open_files_limit(config.maxclients, n);
     // Fail fast on a taken port, before any recovery work.
     let addr = probe_address(&config)?;
     let mut _lock = None;

@@ -372,3 +372,63 @@ fn maxclients_is_a_global_limit_across_shards() {
     }
     maxclients_rejects_the_extra_connection(4);
 }
+
+// ---------------------------------------------------------------------------------------------
+// RLIMIT_NOFILE
+// ---------------------------------------------------------------------------------------------
+
+fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files line");
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).expect("soft limit")
+}
+
+fn config_maxclients(server: &Server) -> u64 {
+    let mut c = server.client();
+    let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxclients").query(&mut c).expect("CONFIG GET");
+    v[1].parse().expect("number")
+}
+
+#[test]
+fn a_low_open_files_limit_is_raised_to_fit_maxclients() {
+    if Server::own_only() {
+        return;
+    }
+    let mut own = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    if own.rlim_max < 5048 {
+        eprintln!("skipped: the hard open files limit ({}) is below 5048", own.rlim_max);
+        return;
+    }
+    // Started with a soft limit of 256 under a hard one that allows more: maxclients 5000
+    // needs 5000 + 32 + 16 per shard, and the server raises the soft limit to that.
+    let args: Vec<String> =
+        ["--bind", "127.0.0.1:0", "--threads", "1", "--maxclients", "5000"].map(String::from).to_vec();
+    let server = Server::spawn_full(&args, &[], Some((256, own.rlim_max)));
+    assert_eq!(open_files_limit(server.pid().expect("pid")), 5048, "log: {}", server.log_text());
+    assert_eq!(config_maxclients(&server), 5000);
+    assert!(server
+        .log_text()
+        .contains("raised the open files limit (RLIMIT_NOFILE) from 256 to 5048 for maxclients 5000"));
+}
+
+#[test]
+fn maxclients_is_lowered_when_the_open_files_limit_cannot_fit_it() {
+    if Server::own_only() {
+        return;
+    }
+    // 2^31 clients need more files than any kernel allows (fs.nr_open is at most 2^30), so
+    // even root with CAP_SYS_RESOURCE cannot raise the limit that far: the server keeps the
+    // hard limit, 300, and fits maxclients under it, leaving 32 + 16 for itself.
+    let args: Vec<String> =
+        ["--bind", "127.0.0.1:0", "--threads", "1", "--maxclients", "2147483648"].map(String::from).to_vec();
+    let server = Server::spawn_full(&args, &[], Some((300, 300)));
+    assert_eq!(open_files_limit(server.pid().expect("pid")), 300);
+    assert_eq!(config_maxclients(&server), 300 - 48);
+    let log = server.log_text();
+    assert!(
+        log.contains("maxclients 2147483648 needs 2147483696 open files but the limit (RLIMIT_NOFILE) is 300: maxclients lowered to 252; raise it with `ulimit -n 2147483696`"),
+        "log: {log}"
+    );
+}

@@ -681,8 +681,9 @@ fn config_set_maxclients_is_visible_to_config_get() {
 fn config_set_memory_limits_are_bounded_like_redis() {
     let server = Server::start();
     let mut c = server.raw();
-    let failed =
-        |name: &str, why: &str| err(&format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument {why}"));
+    let failed = |name: &str, why: &str| {
+        err(&format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument {why}"))
+    };
     assert_eq!(
         cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "5"]),
         failed("proto-max-bulk-len", "must be between 1048576 and 536870912 inclusive")
@@ -692,8 +693,14 @@ fn config_set_memory_limits_are_bounded_like_redis() {
         cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "1gb"]),
         failed("proto-max-bulk-len", "must be between 1048576 and 536870912 inclusive")
     );
-    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "abc"]), failed("proto-max-bulk-len", "must be a memory value"));
-    assert_eq!(cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "-5"]), failed("proto-max-bulk-len", "must be a memory value"));
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "abc"]),
+        failed("proto-max-bulk-len", "must be a memory value")
+    );
+    assert_eq!(
+        cmd(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "-5"]),
+        failed("proto-max-bulk-len", "must be a memory value")
+    );
     assert_eq!(
         cmd(&mut c, &["CONFIG", "SET", "client-query-buffer-limit", "5"]),
         failed("client-query-buffer-limit", "must be between 1048576 and 9223372036854775807 inclusive")

@@ -536,7 +536,9 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                 // Redis's bounds and messages, except proto-max-bulk-len's upper bound: the
                 // largest value a WAL record can hold.
                 let (parsed, min, max, unparsable) = match *pname {
-                    "maxclients" => (value.parse::<u64>().ok(), 1, u64::from(u32::MAX), "couldn't be parsed into an integer"),
+                    "maxclients" => {
+                        (value.parse::<u64>().ok(), 1, u64::from(u32::MAX), "couldn't be parsed into an integer")
+                    }
                     "proto-max-bulk-len" => (
                         crate::config::parse_bytes(&value).ok().map(|v| v as u64),
                         CONFIG_MIN_MEMORY_BYTES,
@@ -550,7 +552,9 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                         "must be a memory value",
                     ),
                 };
-                let failed = |why: String| format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument {why}");
+                let failed = |why: String| {
+                    format!("ERR CONFIG SET failed (possibly related to argument '{pname}') - argument {why}")
+                };
                 let Some(v) = parsed else {
                     return out.error(&failed(unparsable.to_string()));
                 };

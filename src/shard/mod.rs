@@ -125,7 +125,7 @@ pub enum Response {
     /// Encoded replies back to back; `ends[i]` is the end offset of reply `i`.
     Batch {
         out: Vec<u8>,
-        ends: Vec<u32>,
+        ends: Vec<usize>,
     },
     Locked,
     Part(PartResult),

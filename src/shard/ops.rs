@@ -125,7 +125,7 @@ pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> (Respon
             }
             None => w.error_bytes(&cmd::unknown_command_error(args)),
         }
-        ends.push(out.len() as u32);
+        ends.push(out.len());
     }
     (Response::Batch { out, ends }, observed)
 }

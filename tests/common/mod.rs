@@ -71,11 +71,31 @@ impl Server {
 
     /// As [`Server::spawn`], with extra environment variables.
     pub fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> Server {
+        Self::spawn_full(args, env, None)
+    }
+
+    /// As [`Server::spawn_with_env`]; `nofile` sets the child's `RLIMIT_NOFILE` (soft, hard)
+    /// before it starts.
+    pub fn spawn_full(args: &[String], env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Server {
+        use std::os::unix::process::CommandExt;
         let mut args = args.to_vec();
         if !args.iter().any(|a| a == "--durability") {
             args.extend(["--durability".to_string(), "off".to_string()]);
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcache"));
+        if let Some((soft, hard)) = nofile {
+            // SAFETY: only setrlimit runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(&args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
