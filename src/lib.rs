@@ -10,7 +10,7 @@
 //! | [`conn`] | one client connection: read, parse, execute in rounds, write |
 //! | [`resp`] | the RESP protocol: request parser and reply encoder (pure, no I/O) |
 //! | [`cmd`] | the command table and every command, one file per family |
-//! | [`shard`] | a shard's state, the channel mesh between shards, the multi-shard gate |
+//! | [`shard`] | a shard's state, the multi-shard gate; `shard::mesh`: the channels between shards; `shard::ops`: work run on behalf of other shards |
 //! | [`coord`] | multi-key commands whose keys span shards |
 //! | [`store`] | a shard's keyspace: the hash table and its entries |
 //! | [`wal`] | the write-ahead log's on-disk format: record encoding, segment scanning, recovery decisions (pure; the durable I/O side is not built yet) |

@@ -20,12 +20,11 @@
 use crate::config::Config;
 use crate::conn;
 use crate::error::StartError;
-use crate::shard::{Global, Msg, Shard, MESH_CHANNEL_CAPACITY};
+use crate::shard::{Global, Shard, MESH_CHANNEL_CAPACITY};
 use crate::store::Store;
 use crate::wal::file::{probe_direct_io, IoMode};
 use crate::wal::replay::{recover_shard, remove_other_generations, Layout, RecoveryStats};
 use crate::wal::{Durability, LogConfig, Record, RecoveryMode, ShardLog};
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -202,13 +201,13 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     let global = Arc::new(Global::new(config.clone(), n, addr));
     install_signal_handlers(global.clone());
     let cpus = allowed_cpus();
-    let mesh = (n > 1).then(|| MeshBuilder::<Msg, _>::full(n, MESH_CHANNEL_CAPACITY));
+    let mut mesh = if n > 1 { crate::shard::mesh::full(n, MESH_CHANNEL_CAPACITY) } else { Vec::new() }.into_iter();
     let drained = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<Event>();
     let mut fd_senders = Vec::with_capacity(n);
     for id in 0..n {
         let g = global.clone();
-        let mesh = mesh.clone();
+        let mesh = mesh.next();
         let drained = drained.clone();
         let events = tx.clone();
         let plan = plan.clone();
@@ -328,21 +327,20 @@ fn install_signal_handlers(global: Arc<Global>) {
 async fn shard_main(
     id: usize,
     global: Arc<Global>,
-    mesh: Option<MeshBuilder<Msg, glommio::channels::channel_mesh::Full>>,
+    mesh: Option<crate::shard::mesh::MeshEnds>,
     plan: Option<RecoveryPlan>,
     fd_rx: mpsc::Receiver<RawFd>,
     events: mpsc::Sender<Event>,
     drained: Arc<AtomicUsize>,
 ) {
     let n = global.shards;
+    tracing::debug!(shard = id, "executor started");
     let (senders, receivers) = match mesh {
-        Some(m) => match m.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(e) => {
-                let _ = events.send(Event::Recovered(id, Err(format!("cannot join the shard mesh: {e}"))));
-                return;
-            }
-        },
+        Some(m) => {
+            let (s, r) = m.connect().await;
+            tracing::debug!(shard = id, "mesh connected");
+            (Some(s), Some(r))
+        }
         None => (None, None),
     };
     let mut store = Store::new(rand::random());

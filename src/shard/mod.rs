@@ -7,7 +7,7 @@
 //! that a key keeps its shard across restarts.
 //!
 //! # Talking to other shards
-//! Shards form a full mesh of bounded glommio channels. A connection that needs another shard
+//! Shards form a full mesh of bounded glommio channels ([`mesh`]). A connection that needs another shard
 //! sends a [`Request`] and awaits the [`Response`], matched by a per-shard request id. Requests
 //! are handled by one receive task per peer; a request that can run at once (the common case)
 //! runs inline in that task, anything that must wait (for the gate) is spawned so the receive
@@ -23,13 +23,15 @@
 //! keys of an MSET updated and others not, even across separate commands. Single-shard commands
 //! never take a gate; they only check that it is free (one `Cell` read).
 
+pub mod mesh;
 pub mod ops;
 
 use crate::config::Config;
 use crate::resp::Protocol;
 use crate::store::Store;
 use bytes::Bytes;
-use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use mesh::Senders;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -386,7 +388,7 @@ pub struct Shard {
     pub wal: Option<Rc<crate::wal::ShardLog>>,
     /// What recovery found at startup.
     pub recovery: RefCell<crate::wal::replay::RecoveryStats>,
-    senders: Option<Senders<Msg>>,
+    senders: Option<Senders>,
     pending: RefCell<HashMap<u64, Rc<Slot>>>,
     next_id: Cell<u64>,
 }
@@ -395,7 +397,7 @@ impl Shard {
     pub fn new(
         id: usize,
         global: Arc<Global>,
-        senders: Option<Senders<Msg>>,
+        senders: Option<Senders>,
         store: Store,
         wal: Option<Rc<crate::wal::ShardLog>>,
         recovery: crate::wal::replay::RecoveryStats,
@@ -530,8 +532,8 @@ impl Shard {
     }
 
     /// Starts one receive task per peer. Called once when the executor starts.
-    pub fn start_receivers(self: &Rc<Self>, mut receivers: Receivers<Msg>) {
-        for (_peer, rx) in receivers.streams() {
+    pub fn start_receivers(self: &Rc<Self>, receivers: Vec<(usize, ConnectedReceiver<Msg>)>) {
+        for (_peer, rx) in receivers {
             let me = self.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
