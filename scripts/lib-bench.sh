@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers of scripts/bench-*.sh. Sourced, not run.
 #
 # What they guarantee, so that the two benchmarks compare like with like:
@@ -40,10 +41,10 @@ die() { log "error: $*"; exit 1; }
 
 # Stops one server we started: SIGTERM, up to 5 s for it to exit, then SIGKILL.
 stop_pid() {
-    local pid=$1 i
+    local pid=$1
     kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -139,19 +140,25 @@ port_free() {
     fi
 }
 
-# start_ringcache PORT -> sets RC_PID. One shard, pinned to SERVER_CPU, ready when it logs
-# `listening on`.
+# start_ringcache PORT [ARGS...] -> sets RC_PID. One shard, pinned to SERVER_CPU, ready when it
+# logs `listening on`. ARGS are extra server options (e.g. --durability sync). The data directory
+# is a fresh one under BENCH_TMP (`ringcache-PORT.data`, removed on exit), never ./data of the
+# caller's working directory; without --durability in ARGS the mode is RC_DURABILITY, default
+# off.
 start_ringcache() {
-    local port=$1 logf="$BENCH_TMP/ringcache-$1.log" i
+    local port=$1 logf="$BENCH_TMP/ringcache-$1.log" data="$BENCH_TMP/ringcache-$1.data"
+    shift
     port_free "$port"
-    # Persistence off unless RC_DURABILITY says otherwise (the throughput and memory targets
-    # compare against Redis without persistence).
+    # Persistence off unless ARGS or RC_DURABILITY choose a mode: the throughput and memory
+    # targets compare against Redis without persistence.
+    local mode=(--durability "${RC_DURABILITY:-off}") a
+    for a in "$@"; do [[ $a == --durability* ]] && mode=(); done
+    rm -rf "$data"
     taskset -c "$SERVER_CPU" "$RINGCACHE_BIN" --bind "127.0.0.1:$port" --threads 1 --log-level info \
-        --durability "${RC_DURABILITY:-off}" --data-dir "$BENCH_TMP/ringcache-data-$port" \
-        2>"$logf" >/dev/null &
+        --data-dir "$data" "${mode[@]}" "$@" 2>"$logf" >/dev/null &
     RC_PID=$!
     _BENCH_PIDS+=("$RC_PID")
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         grep -q "listening on" "$logf" && return 0
         kill -0 "$RC_PID" 2>/dev/null || { cat "$logf" >&2; die "ringcache exited at startup"; }
         sleep 0.1
@@ -160,16 +167,19 @@ start_ringcache() {
     die "ringcache did not log 'listening on' within 10 s"
 }
 
-# start_redis PORT -> sets REDIS_PID. Persistence off, pinned to SERVER_CPU.
+# start_redis PORT [ARGS...] -> sets REDIS_PID. Persistence off, pinned to SERVER_CPU. ARGS are
+# extra `--option value` pairs, applied after the defaults (redis-server keeps the last value
+# of an option, so e.g. `--appendonly yes` turns the AOF on). Its directory is BENCH_TMP/redis-PORT.
 start_redis() {
-    local port=$1 dir="$BENCH_TMP/redis-$1" i
+    local port=$1 dir="$BENCH_TMP/redis-$1"
+    shift
     port_free "$port"
     mkdir -p "$dir"
     taskset -c "$SERVER_CPU" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' \
-        --appendonly no --daemonize no --dir "$dir" --logfile "$dir/redis.log" &
+        --appendonly no --daemonize no --dir "$dir" --logfile "$dir/redis.log" "$@" &
     REDIS_PID=$!
     _BENCH_PIDS+=("$REDIS_PID")
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && return 0
         kill -0 "$REDIS_PID" 2>/dev/null || { cat "$dir/redis.log" >&2; die "redis-server exited at startup"; }
         sleep 0.1
