@@ -221,8 +221,13 @@ async fn run(ctl: &Rc<SnapshotCtl>, store: &RefCell<Store>, wal: Option<&Rc<Shar
         move |e: std::io::Error| SnapshotError::Io { op, path, detail: e.to_string() }
     };
     if let Some(w) = wal {
-        // The log must reach the snapshot's LSN before the snapshot exists.
-        if let Err(detail) = w.wait_durable(lsn).await {
+        // The log must reach the snapshot's LSN before the snapshot exists. A log that cannot
+        // write now (disk full, failed) fails the snapshot rather than waiting for it.
+        let waited = match w.fault() {
+            Some(f) => Err(format!("{f:?}")),
+            None => w.wait_durable(lsn).await,
+        };
+        if let Err(detail) = waited {
             let _ = std::fs::remove_file(&tmp);
             return Err(SnapshotError::Log { shard: cfg.shard_id, detail });
         }

@@ -157,9 +157,16 @@ impl Store {
     /// Disposes of an entry taken out of the table: kept for the running snapshot if it belongs
     /// to it and is not written out yet, dropped otherwise.
     fn retire(&mut self, e: Entry, now_ms: u64) {
-        let epoch = self.epoch;
+        if self.unwritten(&e) {
+            self.preserve(e, now_ms);
+        }
+    }
+
+    /// Keeps `e` (an old version the running snapshot needs: the caller checked the mark of
+    /// the entry it came from) for the walker.
+    fn preserve(&mut self, e: Entry, now_ms: u64) {
         if let Some(w) = self.snap.as_mut() {
-            if e.mark() != epoch && !e.is_expired(now_ms) {
+            if !e.is_expired(now_ms) {
                 w.preserved_bytes += e.alloc_bytes();
                 self.preserved_peak_bytes = self.preserved_peak_bytes.max(w.preserved_bytes);
                 w.preserved.push(e);
@@ -262,7 +269,7 @@ impl Store {
         let e = self.table.remove(key)?;
         self.account_out(&e);
         if self.unwritten(&e) {
-            self.retire(Entry::new(e.key(), e.value(), e.expire_at_ms()), now_ms);
+            self.preserve(Entry::new(e.key(), e.value(), e.expire_at_ms()), now_ms);
         }
         Some(e)
     }
@@ -294,7 +301,7 @@ impl Store {
                     let copy = Entry::new(e.key(), e.value(), e.expire_at_ms());
                     e.set_mark(epoch);
                     e.set_expire_in_place(t);
-                    self.retire(copy, now_ms);
+                    self.preserve(copy, now_ms);
                 } else {
                     e.set_expire_in_place(t);
                 }
@@ -600,6 +607,147 @@ mod tests {
         assert_eq!(removed, 500);
         assert_eq!(s.len(), 500);
         assert_eq!(s.stats().keys_with_ttl, 500);
+    }
+
+    type Model = std::collections::HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+    fn model_of(s: &Store) -> Model {
+        let mut m = Model::new();
+        let mut c = 0;
+        loop {
+            c = s.scan(c, 0, |e| {
+                m.insert(e.key().to_vec(), (e.value().to_vec(), e.expire_at_ms()));
+            });
+            if c == 0 {
+                return m;
+            }
+        }
+    }
+
+    /// Runs the walk to its end, calling `churn` between steps; returns what it emitted and
+    /// checks that no key was emitted twice.
+    fn walk(s: &mut Store, buckets: usize, limit: usize, mut churn: impl FnMut(&mut Store, u64)) -> Model {
+        let mut got = Model::new();
+        for step in 0.. {
+            let r = s
+                .snapshot_step(buckets, 300, limit, 0, |refs| {
+                    for e in refs {
+                        let old = got.insert(e.key.to_vec(), (e.value.to_vec(), e.expire_at_ms));
+                        assert!(old.is_none(), "{:?} emitted twice", String::from_utf8_lossy(e.key));
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            if r.done {
+                assert!(!s.snapshot_running());
+                return got;
+            }
+            churn(s, step);
+        }
+        unreachable!()
+    }
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// The walk emits exactly the state at `begin_snapshot`, whatever happens meanwhile: writes,
+    /// deletes, expiry changes in place and with a rebuilt entry, removals handing the entry to
+    /// the caller, growth, shrinking and a FLUSHALL.
+    #[test]
+    fn snapshot_walk_is_point_in_time_under_churn() {
+        for (seed, limit) in [(1u64, usize::MAX), (2, 2000), (3, 0), (4, usize::MAX)] {
+            let mut s = Store::new(seed);
+            for i in 0..3000 {
+                let exp = (i % 5 == 0).then_some(1 << 50);
+                s.set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes(), exp, 0);
+            }
+            if seed == 4 {
+                // Start from the other epoch parity: a copy must be kept whatever its own bit.
+                s.begin_snapshot();
+                walk(&mut s, 64, usize::MAX, |_, _| {});
+            }
+            let at_start = model_of(&s);
+            assert!(s.begin_snapshot());
+            assert!(!s.begin_snapshot(), "one walk at a time");
+            let mut x = seed * 7919;
+            let got = walk(&mut s, 3, limit, |s, step| {
+                for _ in 0..20 {
+                    let k = format!("k{}", xorshift(&mut x) % 6000).into_bytes();
+                    match xorshift(&mut x) % 7 {
+                        0 | 1 => {
+                            s.set(&k, b"new", None, 0);
+                        }
+                        2 => {
+                            s.delete(&k, 0);
+                        }
+                        3 => {
+                            s.set_expiry(&k, Some(1 << 51), 0);
+                        }
+                        4 => {
+                            s.set_expiry(&k, None, 0);
+                        }
+                        5 => {
+                            s.remove(&k, 0);
+                        }
+                        _ => {
+                            s.set(&k, b"with-ttl", Some(1 << 52), 0);
+                        }
+                    }
+                }
+                if step == 40 && seed == 2 {
+                    s.clear();
+                }
+            });
+            assert_eq!(got.len(), at_start.len(), "seed {seed}");
+            assert!(got == at_start, "seed {seed}: the walk differs from the state at its start");
+            assert_eq!(s.snapshot_preserved_bytes(), 0);
+            // Every entry is marked again: the next snapshot sees the current state exactly.
+            let now = model_of(&s);
+            assert!(s.begin_snapshot());
+            assert!(walk(&mut s, 64, usize::MAX, |_, _| {}) == now);
+        }
+    }
+
+    #[test]
+    fn aborted_snapshot_leaves_the_next_one_whole() {
+        let mut s = Store::new(9);
+        for i in 0..500 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+        }
+        s.begin_snapshot();
+        s.snapshot_step(2, 100, usize::MAX, 0, |_| Ok::<(), ()>(())).unwrap();
+        s.set(b"k1", b"changed", None, 0);
+        s.abort_snapshot();
+        assert!(!s.snapshot_running());
+        assert_eq!(s.snapshot_preserved_bytes(), 0);
+        let now = model_of(&s);
+        s.begin_snapshot();
+        assert!(walk(&mut s, 16, usize::MAX, |_, _| {}) == now);
+    }
+
+    #[test]
+    fn expired_entries_are_not_written_or_preserved() {
+        let mut s = Store::new(4);
+        s.set(b"gone", b"v", Some(10), 0);
+        s.set(b"kept", b"v", None, 0);
+        s.begin_snapshot();
+        let mut keys = Vec::new();
+        loop {
+            let r = s
+                .snapshot_step(8, 100, usize::MAX, 20, |refs| {
+                    keys.extend(refs.iter().map(|e| e.key.to_vec()));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            if r.done {
+                break;
+            }
+        }
+        assert_eq!(keys, vec![b"kept".to_vec()]);
     }
 
     #[test]
