@@ -380,7 +380,8 @@ impl Encoder {
         h[24..32].copy_from_slice(&sum.digest().to_le_bytes());
         let pad = align_up(payload.len(), FRAME_ALIGN) - payload.len();
         // `payload` borrows `self.lz4_buf`: hash and append without going through `emit`.
-        for part in [&h[..], payload, &[0u8; FRAME_ALIGN][..pad]] {
+        let zeros = [0u8; FRAME_ALIGN];
+        for part in [&h[..], payload, zeros.get(..pad).unwrap_or_default()] {
             self.hasher.update(part);
             self.len += part.len() as u64;
             out.extend_from_slice(part);
@@ -573,7 +574,9 @@ pub fn entries<'a>(chunk: &Chunk<'a>, scratch: &'a mut AlignedVec) -> Result<&'a
 mod tests {
     use super::*;
 
-    fn sample(n: usize) -> Vec<(Vec<u8>, Vec<u8>, Option<u64>)> {
+    type Item = (Vec<u8>, Vec<u8>, Option<u64>);
+
+    fn sample(n: usize) -> Vec<Item> {
         (0..n)
             .map(|i| {
                 let exp = (i % 3 == 0).then_some(1_000 + i as u64);
@@ -582,7 +585,7 @@ mod tests {
             .collect()
     }
 
-    fn encode(items: &[(Vec<u8>, Vec<u8>, Option<u64>)], compression: Compression, per_chunk: usize) -> Vec<u8> {
+    fn encode(items: &[Item], compression: Compression, per_chunk: usize) -> Vec<u8> {
         let header = Header { shard_id: 1, shard_count: 3, lsn: 42, created_ms: 7, compression };
         let mut out = Vec::new();
         let mut enc = Encoder::new(&header, &mut out);
@@ -601,7 +604,7 @@ mod tests {
         v
     }
 
-    fn decode(b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>, Option<u64>)>, Corrupt> {
+    fn decode(b: &[u8]) -> Result<Vec<Item>, Corrupt> {
         verify(b)?;
         let mut got = Vec::new();
         for c in chunks(b) {
