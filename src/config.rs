@@ -72,6 +72,31 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "strict")]
     pub recovery: RecoveryArg,
 
+    /// Take a snapshot of every shard this often, in seconds (0: never on a timer). With
+    /// `--durability off`, a value above 0 is also what turns persistence on: the data
+    /// directory is then used for snapshots only (like Redis with RDB and no AOF).
+    #[arg(long = "snapshot-interval-s", default_value_t = 0)]
+    pub snapshot_interval_s: u64,
+
+    /// Take a snapshot of a shard once this many log bytes were written since its last one
+    /// (0: never), bounding how much log a recovery replays. Units as for sizes (`256mb`).
+    #[arg(long = "snapshot-wal-bytes", default_value_t = 256 * 1024 * 1024, value_parser = parse_bytes)]
+    pub snapshot_wal_bytes: usize,
+
+    /// Snapshot every shard on a graceful shutdown (SIGTERM, SIGINT, SHUTDOWN), so the next
+    /// start replays no log: `yes` or `no`. SHUTDOWN NOSAVE skips it, SHUTDOWN SAVE forces it.
+    #[arg(long = "snapshot-on-shutdown", default_value = "yes", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub snapshot_on_shutdown: bool,
+
+    /// Valid snapshots kept per shard (at least 1). The log is compacted up to the oldest one
+    /// kept, so a corrupt newest snapshot can fall back to the previous one.
+    #[arg(long = "snapshot-retain", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub snapshot_retain: u32,
+
+    /// Compression of snapshot chunks: `lz4` or `none`.
+    #[arg(long = "snapshot-compression", value_enum, default_value = "lz4")]
+    pub snapshot_compression: crate::snapshot::CompressionArg,
+
     /// io_uring buffer memory per shard, in bytes. Small by default so that the common 8 MiB
     /// RLIMIT_MEMLOCK suffices for every shard.
     #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]
@@ -105,6 +130,12 @@ fn parse_segment_bytes(s: &str) -> Result<u64, String> {
 }
 
 impl Config {
+    /// Whether the data directory is used at all: for the log (durability not `off`) or for
+    /// snapshots alone (`--durability off` with `--snapshot-interval-s` above 0).
+    pub fn persistence(&self) -> bool {
+        self.durability != crate::wal::Durability::Off || self.snapshot_interval_s > 0
+    }
+
     /// Number of shards after resolving the default.
     pub fn shard_count(&self) -> usize {
         match self.threads {

@@ -13,11 +13,14 @@
 //! | [`shard`] | a shard's state, the multi-shard gate; `shard::mesh`: the channels between shards; `shard::ops`: work run on behalf of other shards |
 //! | [`coord`] | multi-key commands whose keys span shards |
 //! | [`store`] | a shard's keyspace: the hash table and its entries |
-//! | [`wal`] | the write-ahead log's on-disk format: record encoding, segment scanning, recovery decisions (pure; the durable I/O side is not built yet) |
+//! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`) |
+//! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
+//! | [`check`] | `ringcache check`: the offline verifier of a data directory |
 //! | [`error`] | startup errors, each with the fix |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
+pub mod check;
 pub mod cmd;
 pub mod config;
 pub mod conn;
@@ -26,5 +29,6 @@ pub mod error;
 pub mod resp;
 pub mod server;
 pub mod shard;
+pub mod snapshot;
 pub mod store;
 pub mod wal;

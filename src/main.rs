@@ -5,6 +5,12 @@ use ringcache::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "check") {
+        let args = ringcache::check::CheckArgs::parse_from(std::env::args_os().skip(1));
+        let (text, code) = ringcache::check::check(&args.data_dir);
+        print!("{text}");
+        std::process::exit(code);
+    }
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
         eprintln!("ringcache: invalid --log-level '{}': {e}", config.log_level);

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::conn;
 use crate::error::StartError;
 use crate::shard::{Global, Shard, MESH_CHANNEL_CAPACITY};
+use crate::snapshot::task::{SnapshotConfig, SnapshotCtl};
 use crate::store::Store;
 use crate::wal::file::{probe_direct_io, IoMode};
 use crate::wal::replay::{recover_shard, remove_other_generations, Layout, RecoveryStats};
@@ -165,7 +166,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     // Fail fast on a taken port, before any recovery work.
     let addr = probe_address(&config)?;
     let mut _lock = None;
-    let plan = if config.durability != Durability::Off {
+    let plan = if config.persistence() {
         _lock = Some(lock_data_dir(&config.data_dir)?);
         let layout = Layout::read(&config.data_dir).map_err(|e| StartError::Recovery(e.to_string()))?;
         let generation = match layout {
@@ -181,7 +182,7 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
         let io_mode = probe_direct_io(&config.data_dir)
             .map_err(|e| StartError::DataDir { dir: config.data_dir.clone(), source: e })?;
         if io_mode == IoMode::Buffered {
-            tracing::warn!(dir = %config.data_dir.display(), "O_DIRECT is not supported here (tmpfs or FUSE?): the log uses buffered writes with fdatasync");
+            tracing::warn!(dir = %config.data_dir.display(), "O_DIRECT is not supported here (tmpfs or FUSE?): the log and snapshots use buffered writes with fdatasync");
         }
         if let Some(l) = layout {
             if l.shards as usize != n {
@@ -237,6 +238,10 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                 if plan.is_some() {
                     tracing::info!(
                         shard = id,
+                        snapshot_lsn = stats.snapshot_lsn,
+                        snapshot_keys = stats.snapshot_keys,
+                        snapshot_bytes = stats.snapshot_bytes,
+                        snapshot_fallbacks = stats.snapshot_fallbacks,
                         segments = stats.segments,
                         records = stats.records,
                         bytes = stats.bytes_read,
@@ -244,6 +249,10 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                         corrupt = stats.corrupt_segments,
                         keys = stats.keys_loaded,
                         ms = stats.duration_ms,
+                        mb_per_s = format!(
+                            "{:.0}",
+                            crate::wal::replay::mb_per_s(stats.snapshot_bytes + stats.bytes_read, stats.duration_ms)
+                        ),
                         "recovered"
                     );
                 }
@@ -344,10 +353,10 @@ async fn shard_main(
         None => (None, None),
     };
     let mut store = Store::new(rand::random());
-    let (wal, stats) = match &plan {
-        None => (None, RecoveryStats::default()),
+    let (wal, snapshots, stats) = match &plan {
+        None => (None, None, RecoveryStats::default()),
         Some(p) => match recover(id, n, &global.config, p, &mut store).await {
-            Ok((wal, stats)) => (Some(wal), stats),
+            Ok((wal, ctl, stats)) => (wal, Some(ctl), stats),
             Err(e) => {
                 let _ = events.send(Event::Recovered(id, Err(e)));
                 return;
@@ -355,7 +364,7 @@ async fn shard_main(
         },
     };
     let _ = events.send(Event::Recovered(id, Ok(stats.clone())));
-    let shard = Shard::new(id, global.clone(), senders, store, wal.clone(), stats);
+    let shard = Shard::new(id, global.clone(), senders, store, wal.clone(), snapshots, stats);
     // Wait for the listener: it is bound only once every shard has recovered. The executor
     // has nothing else to do meanwhile.
     // Poll rather than block: a blocked thread would stall this executor's side of the mesh.
@@ -386,6 +395,17 @@ async fn shard_main(
     while drained.load(Ordering::SeqCst) < n && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // The shutdown snapshot: no client is left, so the walk runs without competition.
+    let save = match shard.global.shutdown_save.load(Ordering::SeqCst) {
+        crate::shard::SHUTDOWN_NOSAVE => false,
+        crate::shard::SHUTDOWN_SAVE => true,
+        _ => shard.global.config.snapshot_on_shutdown,
+    };
+    if save && shard.snapshots.is_some() {
+        if let Err(e) = shard.snapshot().await {
+            tracing::error!(shard = id, "shutdown snapshot failed: {e}; the next start replays the log");
+        }
+    }
     // Everything acknowledged or not, flush what is pending before exiting.
     flusher_stop.set();
     if let Some(f) = flusher {
@@ -393,14 +413,15 @@ async fn shard_main(
     }
 }
 
-/// Recovers this shard's store and opens its log for writing.
+/// Recovers this shard's store (newest snapshot, then the log) and opens its log for writing
+/// (none with `--durability off`).
 async fn recover(
     id: usize,
     n: usize,
     config: &Config,
     plan: &RecoveryPlan,
     store: &mut Store,
-) -> Result<(Rc<ShardLog>, RecoveryStats), String> {
+) -> Result<(Option<Rc<ShardLog>>, Rc<SnapshotCtl>, RecoveryStats), String> {
     let mut stats =
         recover_shard(&plan.data_dir, plan.layout, id as u32, n as u32, plan.mode, store).map_err(|e| e.to_string())?;
     let dir = Layout::shard_dir(&plan.data_dir, plan.generation, id as u32);
@@ -410,6 +431,26 @@ async fn recover(
     }
     let rewrite = plan.layout.is_some_and(|l| l.generation != plan.generation);
     let next_lsn = if rewrite { 1 } else { stats.next_lsn.max(1) };
+    let snap_cfg = SnapshotConfig {
+        dir: dir.clone(),
+        shard_id: id as u32,
+        shard_count: n as u32,
+        compression: config.snapshot_compression.compression(),
+        retain: config.snapshot_retain as usize,
+        io_mode: plan.io_mode,
+    };
+    let ctl = SnapshotCtl::new(snap_cfg, next_lsn - 1);
+    if config.durability == Durability::Off {
+        if rewrite {
+            // A new generation without a log: its state is a snapshot, durable before the
+            // layout switches to it.
+            let cell = std::cell::RefCell::new(std::mem::replace(store, Store::new(0)));
+            let r = crate::snapshot::task::take_snapshot(&ctl, &cell, None).await;
+            *store = cell.into_inner();
+            r.map_err(|e| format!("write the new generation's snapshot: {e}"))?;
+        }
+        return Ok((None, ctl, stats));
+    }
     let cfg = LogConfig {
         dir,
         shard_id: id as u32,
@@ -440,7 +481,7 @@ async fn recover(
         wal.flush_now().await.map_err(|e| format!("write rewritten log: {e}"))?;
         stats.next_lsn = wal.durable_lsn();
     }
-    Ok((wal, stats))
+    Ok((Some(wal), ctl, stats))
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -516,5 +557,18 @@ async fn cron(shard: Rc<Shard>) {
         }
         let start = Instant::now();
         while store.rehash(100) && start.elapsed() < Duration::from_micros(REHASH_BUDGET_US) {}
+        drop(store);
+        // Snapshot triggers: the interval and the log bytes written since the last one.
+        if let Some(ctl) = &shard.snapshots {
+            let c = &shard.global.config;
+            let written = shard.wal.as_ref().map_or(0, |w| w.stats().bytes_written);
+            if ctl.due(c.snapshot_interval_s, c.snapshot_wal_bytes as u64, written) {
+                let me = shard.clone();
+                glommio::spawn_local(async move {
+                    let _ = me.snapshot().await;
+                })
+                .detach();
+            }
+        }
     }
 }

@@ -99,7 +99,7 @@ impl Exec<'_> {
     /// Deletes `key`; returns whether a live key was removed.
     pub fn write_del(&mut self, key: &[u8]) -> bool {
         self.observe(key);
-        let removed = self.store.remove(key, self.now_ms).is_some();
+        let removed = self.store.delete(key, self.now_ms);
         if removed {
             self.log(Record::Del { key });
         }

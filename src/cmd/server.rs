@@ -1,5 +1,6 @@
 //! Connection and server commands: PING, ECHO, TIME, QUIT, HELLO, SELECT, AUTH, CLIENT,
-//! COMMAND, CONFIG, INFO, DBSIZE, FLUSHDB/FLUSHALL, SHUTDOWN, KEYS, SCAN, RANDOMKEY.
+//! COMMAND, CONFIG, INFO, DBSIZE, FLUSHDB/FLUSHALL, SHUTDOWN, SAVE, BGSAVE, LASTSAVE, KEYS, SCAN,
+//! RANDOMKEY.
 //!
 //! These run in the connection (they need its state or every shard). Server-wide ones fan out
 //! to all shards with `shard::ops::on_all_shards`.
@@ -123,11 +124,24 @@ pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes],
             out.ok();
         }
         "shutdown" => {
+            let (mut nosave, mut save) = (false, false);
             for a in &args[1..] {
-                if !matches!(upper(a).as_str(), "NOSAVE" | "SAVE" | "NOW" | "FORCE") {
-                    return out.error(err::SYNTAX);
+                match upper(a).as_str() {
+                    "NOSAVE" => nosave = true,
+                    "SAVE" => save = true,
+                    "NOW" | "FORCE" => {}
+                    _ => return out.error(err::SYNTAX),
                 }
             }
+            if nosave && save {
+                return out.error(err::SYNTAX);
+            }
+            let flag = match (nosave, save) {
+                (true, _) => crate::shard::SHUTDOWN_NOSAVE,
+                (_, true) => crate::shard::SHUTDOWN_SAVE,
+                _ => crate::shard::SHUTDOWN_DEFAULT,
+            };
+            shard.global.shutdown_save.store(flag, Ordering::SeqCst);
             tracing::info!("SHUTDOWN requested by client {}", conn.info.borrow().id);
             shard.global.request_shutdown();
             // Redis closes the connection without a reply when shutdown proceeds.
@@ -148,6 +162,54 @@ pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes],
         }
         "scan" => scan(conn, args, &mut out).await,
         "waitaof" => waitaof(conn, args, &mut out).await,
+        "save" => {
+            if shard.snapshots.is_none() {
+                return out.error(&format!("ERR {}", crate::shard::SNAPSHOTS_DISABLED));
+            }
+            if shard.global.bgsave_in_progress.load(Ordering::SeqCst) {
+                return out.error("ERR Background save already in progress");
+            }
+            match save_all_shards(&shard).await {
+                Ok(()) => out.ok(),
+                // Redis replies a bare `-ERR` when the save fails; the reason is in the log.
+                Err(_) => out.error("ERR"),
+            }
+        }
+        "bgsave" => {
+            let schedule = match args.get(1) {
+                None => false,
+                Some(a) if args.len() == 2 && upper(a) == "SCHEDULE" => true,
+                Some(_) => return out.error(err::SYNTAX),
+            };
+            if shard.snapshots.is_none() {
+                return out.error(&format!("ERR {}", crate::shard::SNAPSHOTS_DISABLED));
+            }
+            let g = shard.global.clone();
+            let started =
+                g.bgsave_in_progress.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+            if !started && !schedule {
+                return out.error("ERR Background save already in progress");
+            }
+            let me = shard.clone();
+            glommio::spawn_local(async move {
+                if !started {
+                    // SCHEDULE: run once the BGSAVE in progress has ended.
+                    while me
+                        .global
+                        .bgsave_in_progress
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_err()
+                    {
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
+                let _ = save_all_shards(&me).await;
+                me.global.bgsave_in_progress.store(false, Ordering::SeqCst);
+            })
+            .detach();
+            out.simple(if started { "Background saving started" } else { "Background saving scheduled" });
+        }
+        "lastsave" => out.integer(shard.global.lastsave_s() as i64),
         "randomkey" => {
             let n = shard.shards();
             let start = rand::random::<u32>() as usize % n;
@@ -482,7 +544,17 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("client-query-buffer-limit", g.client_query_buffer_limit.load(Ordering::Relaxed).to_string(), true),
         ("maxmemory", "0".into(), false),
         ("maxmemory-policy", "noeviction".into(), false),
-        ("save", String::new(), false),
+        // Redis's save points are "seconds changes"; the interval skips a snapshot when nothing
+        // was logged since the last one, so "N 1" says the same.
+        (
+            "save",
+            if g.config.persistence() && g.config.snapshot_interval_s > 0 {
+                format!("{} 1", g.config.snapshot_interval_s)
+            } else {
+                String::new()
+            },
+            false,
+        ),
         ("appendonly", if g.config.durability == crate::wal::Durability::Off { "no" } else { "yes" }.into(), false),
         (
             "appendfsync",
@@ -627,10 +699,14 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
     let g = shard.global.clone();
     let mut total = ShardReport::default();
     let mut wals = Vec::new();
+    let mut snaps = Vec::new();
     for r in on_all_shards(&shard, || AdminOp::Report).await {
         if let AdminResult::Report(r) = r {
             if let Some(w) = &r.wal {
                 wals.push(w.clone());
+            }
+            if let Some(sn) = &r.snapshot {
+                snaps.push(sn.clone());
             }
             total.store.keys += r.store.keys;
             total.store.keys_with_ttl += r.store.keys_with_ttl;
@@ -694,7 +770,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             used.checked_div(total.store.keys).unwrap_or(0),
         ),
     );
-    section("persistence", persistence(&g.config, &wals));
+    section("persistence", persistence(&g, &wals, &snaps));
     section(
         "stats",
         format!(
@@ -723,14 +799,20 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
 /// INFO persistence: the durability mode, the log's figures summed over shards, recovery, and
 /// each shard's fault state. Redis field names where they mean the same (`aof_enabled`,
 /// `loading`), `wal_*` for the rest.
-fn persistence(config: &crate::config::Config, wals: &[crate::shard::ops::WalReport]) -> String {
+fn persistence(
+    g: &crate::shard::Global,
+    wals: &[crate::shard::ops::WalReport],
+    snaps: &[crate::shard::ops::SnapshotReport],
+) -> String {
     use std::fmt::Write;
+    let config = &g.config;
     let mode = format!("{:?}", config.durability).to_ascii_lowercase();
     let mut s = format!(
         "loading:0\r\ndurability:{mode}\r\naof_enabled:{}\r\nwal_dir:{}\r\n",
         (config.durability != crate::wal::Durability::Off) as u8,
         if wals.is_empty() { String::new() } else { config.data_dir.display().to_string() },
     );
+    snapshot_fields(&mut s, g, snaps);
     if wals.is_empty() {
         return s;
     }
@@ -771,6 +853,98 @@ fn persistence(config: &crate::config::Config, wals: &[crate::shard::ops::WalRep
         let _ = write!(s, "wal_shard{i}:state={state},last_lsn={},durable_lsn={}\r\n", w.last_lsn, w.durable_lsn);
     }
     s
+}
+
+/// INFO persistence's snapshot part: Redis's `rdb_*` fields where they mean the same, and
+/// `snapshot_*` / `recovery_snapshot_*` for the rest (sums over shards unless named `_max`).
+fn snapshot_fields(s: &mut String, g: &crate::shard::Global, snaps: &[crate::shard::ops::SnapshotReport]) {
+    use std::fmt::Write;
+    let sum = |f: &dyn Fn(&crate::shard::ops::SnapshotReport) -> u64| snaps.iter().map(f).sum::<u64>();
+    let max = |f: &dyn Fn(&crate::shard::ops::SnapshotReport) -> u64| snaps.iter().map(f).max().unwrap_or(0);
+    let ok = g.last_save_ok.load(Ordering::Relaxed) && snaps.iter().all(|r| r.stats.last_ok);
+    let _ = write!(
+        s,
+        "rdb_bgsave_in_progress:{}\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:{}\r\nrdb_saves:{}\r\n\
+         snapshot_enabled:{}\r\n",
+        (g.bgsave_in_progress.load(Ordering::Relaxed) || snaps.iter().any(|r| r.running)) as u8,
+        g.lastsave_s(),
+        if ok { "ok" } else { "err" },
+        sum(&|r| r.stats.taken),
+        (!snaps.is_empty()) as u8,
+    );
+    if snaps.is_empty() {
+        return;
+    }
+    let rec_bytes = sum(&|r| r.recovery.snapshot_bytes);
+    let rec_ms = max(&|r| r.recovery.snapshot_ms);
+    let _ = write!(
+        s,
+        "snapshot_dir:{}\r\nsnapshot_compression:{}\r\nsnapshot_retain:{}\r\nsnapshot_interval_s:{}\r\n\
+         snapshot_wal_bytes:{}\r\nsnapshots_taken:{}\r\nsnapshots_failed:{}\r\nsnapshots_running:{}\r\n\
+         snapshot_last_entries:{}\r\nsnapshot_last_bytes:{}\r\nsnapshot_last_ms_max:{}\r\n\
+         snapshot_preserved_bytes:{}\r\nsnapshot_preserved_peak_bytes_max:{}\r\n\
+         snapshot_preserved_limit_bytes:{}\r\nsnapshots_deleted:{}\r\nsnapshot_wal_segments_deleted:{}\r\n\
+         recovery_snapshots_loaded:{}\r\nrecovery_snapshot_keys:{}\r\nrecovery_snapshot_bytes:{rec_bytes}\r\n\
+         recovery_snapshot_ms_max:{rec_ms}\r\nrecovery_snapshot_mb_per_s:{:.1}\r\nrecovery_snapshot_fallbacks:{}\r\n\
+         recovery_total_ms_max:{}\r\n",
+        g.config.data_dir.display(),
+        format!("{:?}", g.config.snapshot_compression).to_ascii_lowercase(),
+        g.config.snapshot_retain,
+        g.config.snapshot_interval_s,
+        g.config.snapshot_wal_bytes,
+        sum(&|r| r.stats.taken),
+        sum(&|r| r.stats.failed),
+        sum(&|r| r.running as u64),
+        sum(&|r| r.stats.last_entries),
+        sum(&|r| r.stats.last_bytes),
+        max(&|r| r.stats.last_ms),
+        sum(&|r| r.preserved_bytes),
+        max(&|r| r.preserved_peak_bytes),
+        crate::snapshot::PRESERVED_LIMIT_BYTES,
+        sum(&|r| r.stats.snapshots_deleted),
+        sum(&|r| r.stats.segments_deleted),
+        sum(&|r| r.recovery.snapshots_loaded),
+        sum(&|r| r.recovery.snapshot_keys),
+        crate::wal::replay::mb_per_s(rec_bytes, rec_ms),
+        sum(&|r| r.recovery.snapshot_fallbacks),
+        max(&|r| r.recovery.duration_ms),
+    );
+    for (i, r) in snaps.iter().enumerate() {
+        let _ = write!(
+            s,
+            "snapshot_shard{i}:last_lsn={},status={},last_error={}\r\n",
+            r.stats.last_lsn,
+            if r.stats.last_ok { "ok" } else { "err" },
+            r.stats.last_error.as_deref().unwrap_or("").replace(['\r', '\n', ','], " "),
+        );
+    }
+}
+
+/// Snapshots every shard at once (each at its own LSN) and waits until all are durable. Records
+/// the outcome for INFO `rdb_last_bgsave_status`.
+async fn save_all_shards(shard: &std::rc::Rc<crate::shard::Shard>) -> Result<(), String> {
+    let mut calls = Vec::new();
+    for s in (0..shard.shards()).filter(|&s| s != shard.id) {
+        calls.push((s, shard.send(s, crate::shard::Request::Snapshot).await));
+    }
+    let mut result = shard.snapshot().await.map(|_| ());
+    for (s, call) in calls {
+        let r = match call {
+            Some(c) => match c.await {
+                crate::shard::Response::Snapshot(r) => r.map(|_| ()),
+                _ => Err(format!("shard {s} did not answer")),
+            },
+            None => Err(format!("shard {s} is shutting down")),
+        };
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    shard.global.last_save_ok.store(result.is_ok(), Ordering::SeqCst);
+    if let Err(e) = &result {
+        tracing::error!("save failed: {e}");
+    }
+    result
 }
 
 /// WAITAOF numlocal numreplicas timeout (Redis 7.2): waits until every write logged so far on

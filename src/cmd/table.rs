@@ -272,6 +272,45 @@ pub static COMMANDS: &[CommandSpec] = &[
         "O(1)"
     ),
     cmd!(
+        "save",
+        1,
+        ["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        Connection,
+        "server",
+        "1.0.0",
+        "Synchronously saves the database(s) to disk.",
+        "O(N) where N is the total number of keys in all databases"
+    ),
+    cmd!(
+        "bgsave",
+        -1,
+        ["admin", "noscript", "no_async_loading"],
+        0,
+        0,
+        0,
+        Connection,
+        "server",
+        "1.0.0",
+        "Asynchronously saves the database(s) to disk.",
+        "O(1)"
+    ),
+    cmd!(
+        "lastsave",
+        1,
+        ["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Connection,
+        "server",
+        "1.0.0",
+        "Returns the Unix timestamp of the last successful save to disk.",
+        "O(1)"
+    ),
+    cmd!(
         "shutdown",
         -1,
         ["admin", "noscript", "loading", "stale", "no_multi", "sentinel", "allow_busy"],

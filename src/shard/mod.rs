@@ -43,6 +43,10 @@ use std::task::{Context, Poll, Waker};
 
 pub use ops::{AdminOp, AdminResult, PartOp, PartResult};
 
+/// Why SAVE/BGSAVE cannot run: no data directory is in use.
+pub const SNAPSHOTS_DISABLED: &str =
+    "snapshots are disabled: start with --durability async|sync, or --snapshot-interval-s N with --durability off";
+
 /// Capacity of each shard-to-shard channel (messages).
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -70,7 +74,24 @@ pub struct Global {
     pub run_id: String,
     /// The address actually bound (port resolved when `--bind` used port 0).
     pub listen_addr: std::net::SocketAddr,
+    /// What SHUTDOWN asked about the shutdown snapshot: [`SHUTDOWN_DEFAULT`], [`SHUTDOWN_NOSAVE`]
+    /// or [`SHUTDOWN_SAVE`].
+    pub shutdown_save: std::sync::atomic::AtomicU8,
+    /// A BGSAVE is running (Redis allows one at a time).
+    pub bgsave_in_progress: AtomicBool,
+    /// Whether the last SAVE/BGSAVE succeeded on every shard (INFO `rdb_last_bgsave_status`).
+    pub last_save_ok: AtomicBool,
+    /// Per shard: Unix seconds when its last successful snapshot ended (the start time until
+    /// then). LASTSAVE is the minimum: the last time every shard had a snapshot.
+    pub shard_lastsave_s: Vec<AtomicU64>,
 }
+
+/// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
+pub const SHUTDOWN_DEFAULT: u8 = 0;
+/// SHUTDOWN NOSAVE: no snapshot.
+pub const SHUTDOWN_NOSAVE: u8 = 1;
+/// SHUTDOWN SAVE: a snapshot even if `--snapshot-on-shutdown no`.
+pub const SHUTDOWN_SAVE: u8 = 2;
 
 impl Global {
     pub fn new(config: Config, shards: usize, listen_addr: std::net::SocketAddr) -> Self {
@@ -87,9 +108,18 @@ impl Global {
             started: std::time::Instant::now(),
             run_id,
             listen_addr,
+            shutdown_save: std::sync::atomic::AtomicU8::new(SHUTDOWN_DEFAULT),
+            bgsave_in_progress: AtomicBool::new(false),
+            last_save_ok: AtomicBool::new(true),
+            shard_lastsave_s: (0..shards).map(|_| AtomicU64::new(crate::store::now_ms() / 1000)).collect(),
             shards,
             config,
         }
+    }
+
+    /// LASTSAVE: when every shard last had a successful snapshot (Unix seconds).
+    pub fn lastsave_s(&self) -> u64 {
+        self.shard_lastsave_s.iter().map(|a| a.load(Ordering::Relaxed)).min().unwrap_or(0)
     }
 
     pub fn request_shutdown(&self) {
@@ -121,6 +151,9 @@ pub enum Request {
     Admin(AdminOp),
     /// Respond once everything logged on the shard so far is durable (WAITAOF).
     WaitDurable,
+    /// Take a snapshot now (after a running one ends) and respond when it is durable (SAVE,
+    /// BGSAVE).
+    Snapshot,
 }
 
 pub enum Response {
@@ -137,6 +170,8 @@ pub enum Response {
     /// The shard's log failed before the request's effects became durable: nothing may be
     /// acknowledged (sync mode).
     Failed(String),
+    /// A snapshot's outcome: its LSN, or the error.
+    Snapshot(Result<u64, String>),
 }
 
 /// Per-shard counters for INFO stats.
@@ -388,6 +423,8 @@ pub struct Shard {
     pub wal: Option<Rc<crate::wal::ShardLog>>,
     /// What recovery found at startup.
     pub recovery: RefCell<crate::wal::replay::RecoveryStats>,
+    /// Snapshot state (None when persistence is off).
+    pub snapshots: Option<Rc<crate::snapshot::task::SnapshotCtl>>,
     senders: Option<Senders>,
     pending: RefCell<HashMap<u64, Rc<Slot>>>,
     next_id: Cell<u64>,
@@ -400,12 +437,14 @@ impl Shard {
         senders: Option<Senders>,
         store: Store,
         wal: Option<Rc<crate::wal::ShardLog>>,
+        snapshots: Option<Rc<crate::snapshot::task::SnapshotCtl>>,
         recovery: crate::wal::replay::RecoveryStats,
     ) -> Rc<Shard> {
         Rc::new(Shard {
             id,
             global,
             wal,
+            snapshots,
             recovery: RefCell::new(recovery),
             store: RefCell::new(store),
             gate: Gate::default(),
@@ -430,6 +469,24 @@ impl Shard {
             now_ms: crate::store::now_ms(),
             max_value_bytes: self.global.proto_max_bulk_len.load(Ordering::Relaxed),
             observed_lsn: 0,
+        }
+    }
+
+    /// Takes a snapshot of this shard (waiting for a running one first) and records the
+    /// outcome for LASTSAVE. `Err` when persistence is off or the snapshot failed.
+    pub async fn snapshot(self: &Rc<Self>) -> Result<u64, String> {
+        let Some(ctl) = &self.snapshots else {
+            return Err(SNAPSHOTS_DISABLED.to_string());
+        };
+        let r = crate::snapshot::task::take_snapshot(ctl, &self.store, self.wal.as_ref()).await;
+        match r {
+            Ok(d) => {
+                if let Some(a) = self.global.shard_lastsave_s.get(self.id) {
+                    a.store(crate::store::now_ms() / 1000, Ordering::Relaxed);
+                }
+                Ok(d.lsn)
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -578,6 +635,14 @@ impl Shard {
                     // Taken after the operation, so FLUSHALL's own record is included.
                     let lsn = if reads_keys { self.sync_lsn(u64::MAX) } else { 0 };
                     self.respond_when_durable(from, id, Response::Admin(r), lsn);
+                }
+                Request::Snapshot => {
+                    let me = self.clone();
+                    glommio::spawn_local(async move {
+                        let r = me.snapshot().await;
+                        me.respond(from, id, Response::Snapshot(r));
+                    })
+                    .detach();
                 }
                 Request::WaitDurable => {
                     let lsn = self.wal.as_ref().map_or(0, |w| w.last_lsn());

@@ -74,6 +74,17 @@ pub struct ShardReport {
     pub net_output_bytes: u64,
     pub connected_clients: u64,
     pub wal: Option<WalReport>,
+    pub snapshot: Option<SnapshotReport>,
+}
+
+/// A shard's snapshot figures for INFO persistence.
+#[derive(Debug, Clone)]
+pub struct SnapshotReport {
+    pub stats: crate::snapshot::task::SnapshotStats,
+    pub running: bool,
+    pub preserved_bytes: u64,
+    pub preserved_peak_bytes: u64,
+    pub recovery: crate::wal::replay::RecoveryStats,
 }
 
 /// A shard's log figures for INFO persistence.
@@ -227,6 +238,16 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
                 durable_lsn: w.durable_lsn().saturating_sub(1),
                 stats: w.stats(),
                 recovery: shard.recovery.borrow().clone(),
+            }),
+            snapshot: shard.snapshots.as_ref().map(|c| {
+                let store = shard.store.borrow();
+                SnapshotReport {
+                    stats: c.stats(),
+                    running: c.is_running(),
+                    preserved_bytes: store.snapshot_preserved_bytes() as u64,
+                    preserved_peak_bytes: store.snapshot_preserved_peak_bytes() as u64,
+                    recovery: shard.recovery.borrow().clone(),
+                }
             }),
         })),
         AdminOp::ClientList => {

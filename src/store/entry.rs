@@ -4,7 +4,7 @@
 //! offset  size  field
 //! 0       8     next        pointer to the next entry in the bucket chain (or null)
 //! 8       4     key_len     bit 31: entry has an expiry time; bits 0..31: key length
-//! 12      4     value_len
+//! 12      4     value_len   bit 31: snapshot mark (see `crate::snapshot`); bits 0..31: length
 //! 16      8     expire_at   absolute Unix time in ms; present only when bit 31 is set
 //! 16|24   k     key bytes
 //! ..      v     value bytes
@@ -23,6 +23,9 @@ use std::ptr::NonNull;
 
 const HEADER: usize = 16;
 const TTL_FLAG: u32 = 1 << 31;
+/// Bit 31 of `value_len`: the snapshot mark. Lengths are below 2^31, so the bit was free; using
+/// it keeps the entry at 16 bytes of header (bytes/key is the figure a cache lives by).
+const MARK_FLAG: u32 = 1 << 31;
 /// Largest key or value an entry can hold (31-bit length; RESP limits are far below).
 pub const MAX_LEN: usize = (1 << 31) - 1;
 
@@ -101,9 +104,26 @@ impl Entry {
         (self.key_len_raw() & !TTL_FLAG) as usize
     }
 
-    pub fn value_len(&self) -> usize {
+    fn value_len_raw(&self) -> u32 {
         // SAFETY: header is initialized.
-        unsafe { (self.ptr.as_ptr().add(12) as *const u32).read() as usize }
+        unsafe { (self.ptr.as_ptr().add(12) as *const u32).read() }
+    }
+
+    pub fn value_len(&self) -> usize {
+        (self.value_len_raw() & !MARK_FLAG) as usize
+    }
+
+    /// The snapshot mark bit. Its meaning (written out or not by the running snapshot) is
+    /// relative to the store's current epoch; see `Store::begin_snapshot`.
+    pub fn mark(&self) -> bool {
+        self.value_len_raw() & MARK_FLAG != 0
+    }
+
+    /// Sets the snapshot mark bit.
+    pub fn set_mark(&mut self, mark: bool) {
+        let v = (self.value_len_raw() & !MARK_FLAG) | if mark { MARK_FLAG } else { 0 };
+        // SAFETY: header is initialized; `&mut self` gives unique access.
+        unsafe { (self.ptr.as_ptr().add(12) as *mut u32).write(v) }
     }
 
     pub fn key(&self) -> &[u8] {

@@ -13,7 +13,35 @@
 //!
 //! # Accounting
 //! `used_bytes` counts entry allocations (header, key, value, expiry slot) plus bucket arrays:
-//! what the store itself holds, before allocator rounding.
+//! what the store itself holds, before allocator rounding. Old versions kept for a running
+//! snapshot are counted apart (`snapshot_preserved_bytes`).
+//!
+//! # Snapshots (point in time without a copy)
+//! A snapshot must hold the store exactly as it was when it began, while commands keep changing
+//! it. The store keeps an *epoch* bit, and every entry a *mark* bit (bit 31 of its value
+//! length, which was free: entries do not grow). An entry is *marked* when its bit equals the
+//! epoch. Outside a snapshot every entry is marked; every insert sets the mark.
+//!
+//! - [`Store::begin_snapshot`] flips the epoch: every entry present is now unmarked, meaning
+//!   "belongs to the snapshot and is not written out yet". O(1).
+//! - [`Store::snapshot_step`] walks the table with the SCAN cursor (which returns every entry
+//!   present for the whole walk at least once, across rehashes), hands each unmarked entry to
+//!   the encoder and marks it; marked entries (already written, or inserted after the start)
+//!   are skipped, so nothing is written twice.
+//! - Before an unmarked entry is replaced, removed (DEL, expiry, FLUSHALL) or changed in place
+//!   (EXPIRE), its old version is moved (or, for in-place changes and entries handed back to
+//!   the caller, copied) into the *preserved* list, which the walker writes out first.
+//!   The new version is inserted marked.
+//!
+//! So the snapshot holds every entry present at the start, in its version at the start, and
+//! nothing else. Expired entries are neither written nor preserved (loading drops them anyway).
+//!
+//! **Memory bound.** Only versions that were in the store at the start and are not yet written
+//! out can be preserved, each at most once: preserved bytes never exceed the bytes of entries
+//! present at the start that the walk has not reached yet, so the store's footprint during a
+//! snapshot stays below the larger of its size at the start and its size now, plus the walker's
+//! buffers: never a copy of the dataset. The snapshot task drains the preserved list first in
+//! every step, and all of it (without yielding) when it exceeds its limit.
 
 pub mod entry;
 pub mod table;
@@ -43,6 +71,33 @@ pub struct Store {
     /// Cursor of the active expiry walk.
     expire_cursor: u64,
     rng: u64,
+    /// The snapshot epoch: an entry whose mark bit equals it is marked (see the module docs).
+    epoch: bool,
+    /// The running snapshot's walk, if one runs.
+    snap: Option<SnapWalk>,
+    /// Most bytes ever preserved at once (INFO).
+    preserved_peak_bytes: usize,
+}
+
+/// State of a running snapshot's walk.
+struct SnapWalk {
+    cursor: u64,
+    /// Whether the walk has taken its first step (cursor 0 then means "done").
+    started: bool,
+    /// Old versions of entries changed or removed before the walk wrote them.
+    preserved: Vec<Entry>,
+    preserved_bytes: usize,
+}
+
+/// What one [`Store::snapshot_step`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepReport {
+    /// Entries handed to the encoder.
+    pub entries: usize,
+    /// Key and value bytes handed to the encoder.
+    pub bytes: usize,
+    /// The walk is complete: every entry of the snapshot was handed over.
+    pub done: bool,
 }
 
 /// Current wall-clock time in Unix milliseconds (the clock absolute expiry times use).
@@ -61,6 +116,9 @@ impl Store {
             misses: Default::default(),
             expire_cursor: 0,
             rng: seed | 1,
+            epoch: false,
+            snap: None,
+            preserved_peak_bytes: 0,
         }
     }
 
@@ -96,6 +154,31 @@ impl Store {
         self.expired_keys = 0;
     }
 
+    /// Disposes of an entry taken out of the table: kept for the running snapshot if it belongs
+    /// to it and is not written out yet, dropped otherwise.
+    fn retire(&mut self, e: Entry, now_ms: u64) {
+        if self.unwritten(&e) {
+            self.preserve(e, now_ms);
+        }
+    }
+
+    /// Keeps `e` (an old version the running snapshot needs: the caller checked the mark of
+    /// the entry it came from) for the walker.
+    fn preserve(&mut self, e: Entry, now_ms: u64) {
+        if let Some(w) = self.snap.as_mut() {
+            if !e.is_expired(now_ms) {
+                w.preserved_bytes += e.alloc_bytes();
+                self.preserved_peak_bytes = self.preserved_peak_bytes.max(w.preserved_bytes);
+                w.preserved.push(e);
+            }
+        }
+    }
+
+    /// Whether `e` belongs to the running snapshot and is not written out yet.
+    fn unwritten(&self, e: &Entry) -> bool {
+        self.snap.is_some() && e.mark() != self.epoch
+    }
+
     fn account_in(&mut self, e: &Entry) {
         self.entry_bytes += e.alloc_bytes();
         self.ttl_keys += e.has_ttl() as usize;
@@ -113,6 +196,7 @@ impl Store {
             if let Some(e) = self.table.remove(key) {
                 self.account_out(&e);
                 self.expired_keys += 1;
+                self.retire(e, now_ms);
             }
         }
         expired
@@ -146,7 +230,7 @@ impl Store {
         e.map(|e| unsafe { &*e })
     }
 
-    pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
+    fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
         self.get(key, now_ms)?;
         self.table.get_mut(key)
     }
@@ -155,42 +239,72 @@ impl Store {
         self.get(key, now_ms).is_some()
     }
 
-    /// Inserts or replaces `entry`. Returns the replaced live entry, if any (an expired one is
-    /// dropped and not returned).
-    pub fn put(&mut self, entry: Entry, now_ms: u64) -> Option<Entry> {
+    /// Inserts or replaces `entry`. Returns whether it replaced a live entry (an expired one
+    /// is counted as expired).
+    pub fn put(&mut self, mut entry: Entry, now_ms: u64) -> bool {
+        entry.set_mark(self.epoch);
         self.account_in(&entry);
-        let old = self.table.insert(entry)?;
+        let Some(old) = self.table.insert(entry) else {
+            return false;
+        };
         self.account_out(&old);
-        if old.is_expired(now_ms) {
+        let live = !old.is_expired(now_ms);
+        if !live {
             self.expired_keys += 1;
-            None
-        } else {
-            Some(old)
         }
+        self.retire(old, now_ms);
+        live
     }
 
-    pub fn set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>, now_ms: u64) -> Option<Entry> {
+    pub fn set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>, now_ms: u64) -> bool {
         self.put(Entry::new(key, value, expire_at_ms), now_ms)
     }
 
-    /// Removes `key`; returns the live entry removed.
+    /// Removes `key`; returns the live entry removed. During a snapshot, a copy of an entry not
+    /// yet written out is kept for it (the original goes to the caller).
     pub fn remove(&mut self, key: &[u8], now_ms: u64) -> Option<Entry> {
         if self.expire_if_needed(key, now_ms) {
             return None;
         }
         let e = self.table.remove(key)?;
         self.account_out(&e);
+        if self.unwritten(&e) {
+            self.preserve(Entry::new(e.key(), e.value(), e.expire_at_ms()), now_ms);
+        }
         Some(e)
+    }
+
+    /// Removes `key`; returns whether a live key was removed. (No copy during a snapshot: the
+    /// entry itself is kept if the snapshot needs it.)
+    pub fn delete(&mut self, key: &[u8], now_ms: u64) -> bool {
+        if self.expire_if_needed(key, now_ms) {
+            return false;
+        }
+        let Some(e) = self.table.remove(key) else {
+            return false;
+        };
+        self.account_out(&e);
+        self.retire(e, now_ms);
+        true
     }
 
     /// Sets or clears the expiry of a live key. Returns false if the key does not exist.
     pub fn set_expiry(&mut self, key: &[u8], expire_at_ms: Option<u64>, now_ms: u64) -> bool {
+        let (epoch, snapshot) = (self.epoch, self.snap.is_some());
         let Some(e) = self.get_mut(key, now_ms) else {
             return false;
         };
         match (e.has_ttl(), expire_at_ms) {
             (true, Some(t)) => {
-                e.set_expire_in_place(t);
+                if snapshot && e.mark() != epoch {
+                    // Changed in place: keep the old version for the snapshot first.
+                    let copy = Entry::new(e.key(), e.value(), e.expire_at_ms());
+                    e.set_mark(epoch);
+                    e.set_expire_in_place(t);
+                    self.preserve(copy, now_ms);
+                } else {
+                    e.set_expire_in_place(t);
+                }
                 return true;
             }
             (false, None) => return true,
@@ -201,9 +315,11 @@ impl Store {
             return false;
         };
         self.account_out(&old);
-        let new = Entry::new(old.key(), old.value(), expire_at_ms);
+        let mut new = Entry::new(old.key(), old.value(), expire_at_ms);
+        new.set_mark(self.epoch);
         self.account_in(&new);
         self.table.insert(new);
+        self.retire(old, now_ms);
         true
     }
 
@@ -222,16 +338,165 @@ impl Store {
             }
         }
         for k in doomed {
-            self.remove(&k, now_ms);
+            self.delete(&k, now_ms);
         }
     }
 
-    /// Removes every key.
+    /// Removes every key. During a snapshot, entries not written out yet are kept for it.
     pub fn clear(&mut self) {
+        if self.snap.is_some() {
+            let now = now_ms();
+            let mut kept = Vec::new();
+            self.table.drain(|e| kept.push(e));
+            self.entry_bytes = 0;
+            self.ttl_keys = 0;
+            for e in kept {
+                self.retire(e, now);
+            }
+            return;
+        }
         let old = self.table.take_all();
         self.entry_bytes = 0;
         self.ttl_keys = 0;
         drop(old);
+    }
+
+    /// Starts a point-in-time snapshot of the store as it is now (O(1): flips the epoch; see
+    /// the module docs). Returns false if one is already running.
+    pub fn begin_snapshot(&mut self) -> bool {
+        if self.snap.is_some() {
+            return false;
+        }
+        self.epoch = !self.epoch;
+        self.snap = Some(SnapWalk { cursor: 0, started: false, preserved: Vec::new(), preserved_bytes: 0 });
+        true
+    }
+
+    /// Whether a snapshot walk is running.
+    pub fn snapshot_running(&self) -> bool {
+        self.snap.is_some()
+    }
+
+    /// Bytes of old versions currently preserved for the running snapshot.
+    pub fn snapshot_preserved_bytes(&self) -> usize {
+        self.snap.as_ref().map_or(0, |w| w.preserved_bytes)
+    }
+
+    /// Most bytes ever preserved at once.
+    pub fn snapshot_preserved_peak_bytes(&self) -> usize {
+        self.preserved_peak_bytes
+    }
+
+    /// One bounded step of the running snapshot's walk. Hands `encode` batches of entries
+    /// (each call one chunk's worth, about `chunk_bytes` of keys and values or less): first the
+    /// preserved old versions (all of them when they exceed `preserved_limit_bytes`, otherwise
+    /// up to one batch), then the unmarked entries of up to `max_buckets` buckets of the walk.
+    /// When the walk is complete and nothing is preserved, the snapshot ends (`done`).
+    pub fn snapshot_step<E>(
+        &mut self,
+        max_buckets: usize,
+        chunk_bytes: usize,
+        preserved_limit_bytes: usize,
+        now_ms: u64,
+        mut encode: impl FnMut(&[crate::snapshot::format::EntryRef<'_>]) -> Result<(), E>,
+    ) -> Result<StepReport, E> {
+        use crate::snapshot::format::EntryRef;
+        let mut report = StepReport::default();
+        let Some(w) = self.snap.as_mut() else {
+            report.done = true;
+            return Ok(report);
+        };
+        // 1. Preserved versions, newest last (order does not matter: keys are distinct).
+        let drain_all = w.preserved_bytes > preserved_limit_bytes;
+        loop {
+            let mut taken = 0;
+            let mut bytes = 0;
+            for e in w.preserved.iter().rev() {
+                if bytes >= chunk_bytes {
+                    break;
+                }
+                bytes += e.key_len() + e.value_len();
+                taken += 1;
+            }
+            if taken == 0 {
+                break;
+            }
+            let batch: Vec<Entry> = w.preserved.split_off(w.preserved.len() - taken);
+            w.preserved_bytes -= batch.iter().map(Entry::alloc_bytes).sum::<usize>();
+            let refs: Vec<EntryRef<'_>> = batch
+                .iter()
+                .filter(|e| !e.is_expired(now_ms))
+                .map(|e| EntryRef { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() })
+                .collect();
+            encode(&refs)?;
+            report.entries += refs.len();
+            report.bytes += bytes;
+            if !drain_all {
+                break;
+            }
+        }
+        // 2. The walk: collect the unmarked entries of up to `max_buckets` buckets.
+        let epoch = self.epoch;
+        let mut found: Vec<*const Entry> = Vec::new();
+        let mut bytes = 0;
+        let mut cursor = w.cursor;
+        let complete;
+        if !(w.started && cursor == 0) {
+            for _ in 0..max_buckets {
+                cursor = self.table.scan_mut(cursor, |e| {
+                    if e.mark() != epoch {
+                        e.set_mark(epoch);
+                        if !e.is_expired(now_ms) {
+                            bytes += e.key_len() + e.value_len();
+                            found.push(e as *const Entry);
+                        }
+                    }
+                });
+                if cursor == 0 || bytes >= chunk_bytes {
+                    break;
+                }
+            }
+            complete = cursor == 0;
+            w.started = true;
+            w.cursor = cursor;
+        } else {
+            complete = true;
+        }
+        if !found.is_empty() {
+            // SAFETY: each pointer was taken from a live entry of the table in this call, and
+            // the table has not been touched since (`&mut self` is held, and only `scan_mut`
+            // ran, which does not move or free entries). Entries never move while they live.
+            let refs: Vec<EntryRef<'_>> = found
+                .iter()
+                .map(|&p| unsafe { &*p })
+                .map(|e| EntryRef { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() })
+                .collect();
+            encode(&refs)?;
+            report.entries += refs.len();
+            report.bytes += bytes;
+        }
+        if complete && w.preserved.is_empty() {
+            self.snap = None;
+            report.done = true;
+        }
+        Ok(report)
+    }
+
+    /// Abandons the running snapshot (its file could not be written): marks every entry the
+    /// walk has not reached, so the invariant "outside a snapshot every entry is marked" holds
+    /// for the next one, and drops the preserved versions. O(entries), no I/O.
+    pub fn abort_snapshot(&mut self) {
+        if self.snap.take().is_none() {
+            return;
+        }
+        let epoch = self.epoch;
+        let mut cursor = 0;
+        loop {
+            cursor = self.table.scan_mut(cursor, |e| e.set_mark(epoch));
+            if cursor == 0 {
+                break;
+            }
+        }
     }
 
     /// One step of a SCAN over live entries. See [`Table::scan`].
@@ -342,6 +607,147 @@ mod tests {
         assert_eq!(removed, 500);
         assert_eq!(s.len(), 500);
         assert_eq!(s.stats().keys_with_ttl, 500);
+    }
+
+    type Model = std::collections::HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+    fn model_of(s: &Store) -> Model {
+        let mut m = Model::new();
+        let mut c = 0;
+        loop {
+            c = s.scan(c, 0, |e| {
+                m.insert(e.key().to_vec(), (e.value().to_vec(), e.expire_at_ms()));
+            });
+            if c == 0 {
+                return m;
+            }
+        }
+    }
+
+    /// Runs the walk to its end, calling `churn` between steps; returns what it emitted and
+    /// checks that no key was emitted twice.
+    fn walk(s: &mut Store, buckets: usize, limit: usize, mut churn: impl FnMut(&mut Store, u64)) -> Model {
+        let mut got = Model::new();
+        for step in 0.. {
+            let r = s
+                .snapshot_step(buckets, 300, limit, 0, |refs| {
+                    for e in refs {
+                        let old = got.insert(e.key.to_vec(), (e.value.to_vec(), e.expire_at_ms));
+                        assert!(old.is_none(), "{:?} emitted twice", String::from_utf8_lossy(e.key));
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            if r.done {
+                assert!(!s.snapshot_running());
+                return got;
+            }
+            churn(s, step);
+        }
+        unreachable!()
+    }
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// The walk emits exactly the state at `begin_snapshot`, whatever happens meanwhile: writes,
+    /// deletes, expiry changes in place and with a rebuilt entry, removals handing the entry to
+    /// the caller, growth, shrinking and a FLUSHALL.
+    #[test]
+    fn snapshot_walk_is_point_in_time_under_churn() {
+        for (seed, limit) in [(1u64, usize::MAX), (2, 2000), (3, 0), (4, usize::MAX)] {
+            let mut s = Store::new(seed);
+            for i in 0..3000 {
+                let exp = (i % 5 == 0).then_some(1 << 50);
+                s.set(format!("k{i}").as_bytes(), format!("v{i}").as_bytes(), exp, 0);
+            }
+            if seed == 4 {
+                // Start from the other epoch parity: a copy must be kept whatever its own bit.
+                s.begin_snapshot();
+                walk(&mut s, 64, usize::MAX, |_, _| {});
+            }
+            let at_start = model_of(&s);
+            assert!(s.begin_snapshot());
+            assert!(!s.begin_snapshot(), "one walk at a time");
+            let mut x = seed * 7919;
+            let got = walk(&mut s, 3, limit, |s, step| {
+                for _ in 0..20 {
+                    let k = format!("k{}", xorshift(&mut x) % 6000).into_bytes();
+                    match xorshift(&mut x) % 7 {
+                        0 | 1 => {
+                            s.set(&k, b"new", None, 0);
+                        }
+                        2 => {
+                            s.delete(&k, 0);
+                        }
+                        3 => {
+                            s.set_expiry(&k, Some(1 << 51), 0);
+                        }
+                        4 => {
+                            s.set_expiry(&k, None, 0);
+                        }
+                        5 => {
+                            s.remove(&k, 0);
+                        }
+                        _ => {
+                            s.set(&k, b"with-ttl", Some(1 << 52), 0);
+                        }
+                    }
+                }
+                if step == 40 && seed == 2 {
+                    s.clear();
+                }
+            });
+            assert_eq!(got.len(), at_start.len(), "seed {seed}");
+            assert!(got == at_start, "seed {seed}: the walk differs from the state at its start");
+            assert_eq!(s.snapshot_preserved_bytes(), 0);
+            // Every entry is marked again: the next snapshot sees the current state exactly.
+            let now = model_of(&s);
+            assert!(s.begin_snapshot());
+            assert!(walk(&mut s, 64, usize::MAX, |_, _| {}) == now);
+        }
+    }
+
+    #[test]
+    fn aborted_snapshot_leaves_the_next_one_whole() {
+        let mut s = Store::new(9);
+        for i in 0..500 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+        }
+        s.begin_snapshot();
+        s.snapshot_step(2, 100, usize::MAX, 0, |_| Ok::<(), ()>(())).unwrap();
+        s.set(b"k1", b"changed", None, 0);
+        s.abort_snapshot();
+        assert!(!s.snapshot_running());
+        assert_eq!(s.snapshot_preserved_bytes(), 0);
+        let now = model_of(&s);
+        s.begin_snapshot();
+        assert!(walk(&mut s, 16, usize::MAX, |_, _| {}) == now);
+    }
+
+    #[test]
+    fn expired_entries_are_not_written_or_preserved() {
+        let mut s = Store::new(4);
+        s.set(b"gone", b"v", Some(10), 0);
+        s.set(b"kept", b"v", None, 0);
+        s.begin_snapshot();
+        let mut keys = Vec::new();
+        loop {
+            let r = s
+                .snapshot_step(8, 100, usize::MAX, 20, |refs| {
+                    keys.extend(refs.iter().map(|e| e.key.to_vec()));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            if r.done {
+                break;
+            }
+        }
+        assert_eq!(keys, vec![b"kept".to_vec()]);
     }
 
     #[test]

@@ -264,6 +264,60 @@ impl Table {
         v
     }
 
+    /// Like [`Table::scan`], with mutable access to the entries (the snapshot walker marks
+    /// them). The same cursor sequence and guarantee.
+    pub fn scan_mut(&mut self, cursor: u64, mut f: impl FnMut(&mut Entry)) -> u64 {
+        if self.len == 0 || self.t0.is_empty() && self.t1.is_empty() {
+            return 0;
+        }
+        let mut v = cursor;
+        fn emit(slot: &mut Option<Entry>, f: &mut dyn FnMut(&mut Entry)) {
+            let mut cur = slot;
+            while let Some(e) = cur {
+                f(e);
+                cur = e.next_slot_mut();
+            }
+        }
+        if !self.is_rehashing() {
+            let m0 = self.t0.mask();
+            emit(&mut self.t0.slots[(v & m0) as usize], &mut f);
+            v |= !m0;
+            v = v.reverse_bits().wrapping_add(1).reverse_bits();
+        } else {
+            let (small, large) = if self.t0.slots.len() <= self.t1.slots.len() {
+                (&mut self.t0, &mut self.t1)
+            } else {
+                (&mut self.t1, &mut self.t0)
+            };
+            let (m0, m1) = (small.mask(), large.mask());
+            emit(&mut small.slots[(v & m0) as usize], &mut f);
+            loop {
+                emit(&mut large.slots[(v & m1) as usize], &mut f);
+                v |= !m1;
+                v = v.reverse_bits().wrapping_add(1).reverse_bits();
+                if v & (m0 ^ m1) == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+
+    /// Removes every entry, handing each to `f` (FLUSHALL during a snapshot keeps the ones not
+    /// yet written out). Leaves an empty table.
+    pub fn drain(&mut self, mut f: impl FnMut(Entry)) {
+        let old = self.take_all();
+        for mut b in [old.t0, old.t1] {
+            for slot in b.slots.iter_mut() {
+                let mut chain = slot.take();
+                while let Some(mut e) = chain {
+                    chain = e.next_slot_mut().take();
+                    f(e);
+                }
+            }
+        }
+    }
+
     /// A uniformly chosen bucket's random entry (Redis's `dictGetRandomKey` approach). `rng`
     /// yields random u64s. Returns `None` only when empty.
     pub fn random_entry(&self, mut rng: impl FnMut() -> u64) -> Option<&Entry> {

@@ -60,11 +60,13 @@ pub enum LogFile {
 /// the environment variable `RINGCACHE_TEST_FAULTS` (never set it in production):
 /// - `eio_at=N`: the N-th durable write (counting from 1, per shard) and every later one fail
 ///   with EIO, as a failed fsync would (the log must then never acknowledge again);
-/// - `enospc_while=PATH`: durable writes fail with ENOSPC while the file PATH exists.
+/// - `enospc_while=PATH`: durable writes fail with ENOSPC while the file PATH exists;
+/// - `snap_enospc_while=PATH`: snapshot file writes fail with ENOSPC while PATH exists.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     eio_at: Option<u64>,
     enospc_while: Option<PathBuf>,
+    snap_enospc_while: Option<PathBuf>,
     writes: std::cell::Cell<u64>,
 }
 
@@ -77,11 +79,20 @@ impl FaultPlan {
             match part.split_once('=') {
                 Some(("eio_at", n)) => plan.eio_at = n.parse().ok(),
                 Some(("enospc_while", p)) => plan.enospc_while = Some(PathBuf::from(p)),
+                Some(("snap_enospc_while", p)) => plan.snap_enospc_while = Some(PathBuf::from(p)),
                 _ => tracing::warn!("ignoring unknown RINGCACHE_TEST_FAULTS entry '{part}'"),
             }
         }
         tracing::warn!("RINGCACHE_TEST_FAULTS is set: injecting log write failures ({spec})");
         Some(plan)
+    }
+
+    /// The injected failure for a snapshot write, if any.
+    pub fn check_snapshot(&self) -> io::Result<()> {
+        if self.snap_enospc_while.as_ref().is_some_and(|p| p.exists()) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     fn check(&self) -> io::Result<()> {
@@ -97,7 +108,7 @@ impl FaultPlan {
     }
 }
 
-fn io_err(e: glommio::GlommioError<()>) -> io::Error {
+pub(crate) fn io_err(e: glommio::GlommioError<()>) -> io::Error {
     match e {
         glommio::GlommioError::IoError(e) => e,
         glommio::GlommioError::EnhancedIoError { source, .. } => source,

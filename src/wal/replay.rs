@@ -4,21 +4,26 @@
 //! ```text
 //! <data-dir>/LOCK                 flock'ed by the running server (one server per directory)
 //! <data-dir>/LAYOUT               "shards=N generation=G": which logs are authoritative
-//! <data-dir>/gen-G/shard-NNN/     one directory of segments per shard
+//! <data-dir>/gen-G/shard-NNN/     one directory of segments and snapshots per shard
 //! ```
 //! `LAYOUT` is only ever replaced atomically (write temp, fsync, rename, fsync directory). It
 //! is the commit point of a change of `--threads`: until it names the new generation, the old
 //! one is the truth, and a half-written new generation is removed at the next start.
 //!
 //! # Replay
-//! Each shard reads its segments in LSN order (all of a segment, including its preallocated
+//! Each shard first loads its newest valid snapshot (`snapshot::load`), at LSN `S` (0 when there
+//! is none), then replays the log from `S + 1`: segments wholly before it (the next segment
+//! starts at or before `S + 1`) are not read at all, records `<= S` in the first segment read
+//! are skipped, and the first segment read must start at or before `S + 1` (otherwise records
+//! are missing: refused in every mode). Each shard reads its segments in LSN order (all of a segment, including its preallocated
 //! tail, which reads as zeros), checks them with [`LogScanner`], and applies the valid records
 //! to its store. [`RecoveryMode::decide`] then says what to do about a torn tail or corruption,
 //! and the action is carried out on disk before the shard writes anything.
 //!
 //! # Changing the number of shards
 //! With `--threads M` over a log written by N shards, every new shard reads all N old logs and
-//! keeps the records of keys it owns under M (`FLUSHALL` applies to all). It then writes its
+//! keeps the records of keys it owns under M (`FLUSHALL` applies to all), each old log after the
+//! entries of that old shard's newest snapshot that the new shard owns. It then writes its
 //! whole state as SET records into a fresh log in generation G+1, durably. When every shard has
 //! done so, `LAYOUT` is switched to G+1 and generation G is deleted.
 
@@ -40,6 +45,18 @@ pub struct RecoveryStats {
     pub duration_ms: u64,
     pub keys_loaded: u64,
     pub next_lsn: u64,
+    /// Snapshots loaded (one per old shard on a shard-count change).
+    pub snapshots_loaded: u64,
+    /// LSN of the snapshot loaded (same shard count), 0 if none.
+    pub snapshot_lsn: u64,
+    /// Entries inserted from snapshots.
+    pub snapshot_keys: u64,
+    /// Bytes of the snapshot files read.
+    pub snapshot_bytes: u64,
+    /// Time spent loading snapshots, in ms.
+    pub snapshot_ms: u64,
+    /// Corrupt or unreadable newer snapshots skipped.
+    pub snapshot_fallbacks: u64,
 }
 
 /// Errors that stop a shard from starting. Corruption is kept apart from I/O.
@@ -176,15 +193,18 @@ pub fn apply(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
     }
 }
 
-/// Replays the log in `dir` (segments of shard `shard_id` of `shard_count`), calling `f` for
-/// every valid record in order, and carries out the recovery action on disk when `repair`.
-/// Returns the LSN the shard continues from.
+/// Replays the log in `dir` (segments of shard `shard_id` of `shard_count`) after LSN
+/// `from_lsn` (the loaded snapshot's; 0: all), calling `f` for every valid record in order, and
+/// carries out the recovery action on disk when `repair`. Returns the LSN the shard continues
+/// from (at least `from_lsn + 1`).
+#[allow(clippy::too_many_arguments)]
 pub fn replay_dir(
     dir: &Path,
     shard_id: u32,
     shard_count: u32,
     mode: RecoveryMode,
     repair: bool,
+    from_lsn: u64,
     stats: &mut RecoveryStats,
     mut f: impl FnMut(&Record<'_>),
 ) -> Result<u64, RecoverError> {
@@ -200,6 +220,27 @@ pub fn replay_dir(
         Err(e) => return Err(RecoverError::Io { op: "list", path: dir.to_path_buf(), source: e }),
     };
     segments.sort();
+    // Segments whose every record the snapshot holds are not read: those followed by a segment
+    // that starts at or before `from_lsn + 1` (compaction deletes them eventually).
+    let skip = segments.windows(2).take_while(|w| w[1].0 <= from_lsn.saturating_add(1)).count();
+    let segments = segments.split_off(skip);
+    if let Some((first, path)) = segments.first() {
+        if *first > from_lsn.saturating_add(1) {
+            return Err(RecoverError::Invalid {
+                dir: dir.to_path_buf(),
+                detail: format!(
+                    "the log starts at LSN {first} ({}) but {}: records {}..{first} are missing. Restore the                      missing snapshot or segments from a backup",
+                    path.display(),
+                    if from_lsn == 0 {
+                        "no valid snapshot was found".to_string()
+                    } else {
+                        format!("the snapshot loaded ends at LSN {from_lsn}")
+                    },
+                    from_lsn + 1
+                ),
+            });
+        }
+    }
     let mut scanner = LogScanner::new(shard_id, shard_count);
     for (lsn, path) in &segments {
         let bytes = std::fs::read(path).map_err(io("read", path))?;
@@ -209,7 +250,7 @@ pub fn replay_dir(
             .push(*lsn, &bytes)
             .map_err(|e| RecoverError::Invalid { dir: dir.to_path_buf(), detail: e.to_string() })?;
         if let Some(scan) = scan {
-            for r in scan.records() {
+            for r in scan.records().filter(|r| r.lsn > from_lsn) {
                 stats.records += 1;
                 f(&r.record);
             }
@@ -274,6 +315,7 @@ pub fn replay_dir(
             next_lsn
         }
     };
+    let next = next.max(from_lsn.saturating_add(1));
     stats.next_lsn = next;
     Ok(next)
 }
@@ -321,17 +363,45 @@ pub fn recover_shard(
         None => stats.next_lsn = 1,
         Some(l) if l.shards == shard_count => {
             let dir = Layout::shard_dir(data_dir, l.generation, shard_id);
-            replay_dir(&dir, shard_id, shard_count, mode, true, &mut stats, |r| apply(store, r, now))?;
+            crate::snapshot::load::remove_temp_files(&dir)?;
+            let snap = crate::snapshot::load::load_newest(
+                &dir,
+                shard_id,
+                shard_count,
+                true,
+                store,
+                now,
+                &|_| true,
+                &mut |s| s.clear(),
+            )?;
+            let from = note_snapshot(&mut stats, snap.as_ref());
+            if let Some(s) = &snap {
+                stats.snapshot_lsn = s.lsn;
+            }
+            replay_dir(&dir, shard_id, shard_count, mode, true, from, &mut stats, |r| apply(store, r, now))?;
         }
         Some(l) => {
             for old in 0..l.shards {
                 let dir = Layout::shard_dir(data_dir, l.generation, old);
+                let owned = |k: &[u8]| crate::shard::shard_of(k, shard_count as usize) == shard_id as usize;
+                let snap = crate::snapshot::load::load_newest(
+                    &dir,
+                    old,
+                    l.shards,
+                    false,
+                    store,
+                    now,
+                    &owned,
+                    // Undo a partly loaded snapshot: remove the keys that came from old shard `old`.
+                    &mut |s| s.retain(|k| crate::shard::shard_of(k, l.shards as usize) != old as usize, now),
+                )?;
+                let from = note_snapshot(&mut stats, snap.as_ref());
                 // Read-only: the old generation is replaced as a whole once the new one is
                 // durable.
                 // Strict even under tolerate-corruption: setting damaged data aside is done by a
                 // start with the old shard count (several new shards read each old log, and the
                 // old generation is removed once the new one is committed).
-                replay_dir(&dir, old, l.shards, RecoveryMode::Strict, false, &mut stats, |r| match r {
+                replay_dir(&dir, old, l.shards, RecoveryMode::Strict, false, from, &mut stats, |r| match r {
                     Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
                         if crate::shard::shard_of(key, shard_count as usize) == shard_id as usize {
                             apply(store, r, now);
@@ -361,4 +431,31 @@ pub fn recover_shard(
     stats.keys_loaded = store.len() as u64;
     stats.duration_ms = start.elapsed().as_millis() as u64;
     Ok(stats)
+}
+
+/// Adds a loaded snapshot to the stats; returns the LSN the log replays after.
+fn note_snapshot(stats: &mut RecoveryStats, snap: Option<&crate::snapshot::load::Loaded>) -> u64 {
+    let Some(s) = snap else {
+        return 0;
+    };
+    stats.snapshots_loaded += 1;
+    stats.snapshot_keys += s.keys;
+    stats.snapshot_bytes += s.bytes;
+    stats.snapshot_ms += s.ms;
+    stats.snapshot_fallbacks += s.fallbacks;
+    tracing::info!(
+        file = %s.path.display(),
+        lsn = s.lsn,
+        keys = s.keys,
+        bytes = s.bytes,
+        ms = s.ms,
+        mb_per_s = format!("{:.0}", mb_per_s(s.bytes, s.ms)),
+        "snapshot loaded"
+    );
+    s.lsn
+}
+
+/// Throughput in MB/s (10^6 bytes), for the log and INFO.
+pub fn mb_per_s(bytes: u64, ms: u64) -> f64 {
+    bytes as f64 / 1e6 / (ms.max(1) as f64 / 1000.0)
 }

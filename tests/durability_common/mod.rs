@@ -56,7 +56,9 @@ impl Drop for DataDir {
 }
 
 /// Command line for a durable server on `dir`. Adds `--wal-segment-bytes 256kb` unless
-/// `extra` sets the segment size.
+/// `extra` sets the segment size, and turns the snapshot triggers off unless `extra` names
+/// them: the WAL suites test the log alone (a shutdown snapshot would make every restart
+/// replay nothing, and the size trigger would compact the segments they inspect).
 pub fn server_args(dir: &Path, durability: &str, threads: usize, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--bind".into(),
@@ -70,6 +72,12 @@ pub fn server_args(dir: &Path, durability: &str, threads: usize, extra: &[&str])
     ];
     if !extra.contains(&"--wal-segment-bytes") {
         a.extend(["--wal-segment-bytes".to_string(), SEGMENT.to_string()]);
+    }
+    if !extra.contains(&"--snapshot-on-shutdown") {
+        a.extend(["--snapshot-on-shutdown".to_string(), "no".to_string()]);
+    }
+    if !extra.contains(&"--snapshot-wal-bytes") {
+        a.extend(["--snapshot-wal-bytes".to_string(), "0".to_string()]);
     }
     a.extend(extra.iter().map(|s| s.to_string()));
     a

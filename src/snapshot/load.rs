@@ -1,0 +1,247 @@
+//! Choosing and loading a shard's snapshot at recovery.
+//!
+//! The files are mapped read-only (`mmap`): the mapping is page-aligned, so uncompressed chunk
+//! payloads (16-byte aligned in the file) are accessed in place, and the file's pages stay
+//! reclaimable page cache instead of a second copy of the dataset on the heap. Every checksum is
+//! verified before the first entry is inserted; entries then go straight from the archive into
+//! the store.
+
+use super::format::{self, parse_snapshot_file_name, Header};
+use crate::store::{Entry, Store};
+use crate::wal::file::sync_dir;
+use crate::wal::replay::RecoverError;
+use rkyv::util::AlignedVec;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What loading found and did.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    /// LSN of the snapshot loaded (the log replays from `lsn + 1`).
+    pub lsn: u64,
+    /// The file loaded.
+    pub path: PathBuf,
+    /// Entries read from the file.
+    pub entries: u64,
+    /// Entries inserted (not expired, and owned by this shard).
+    pub keys: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// Newer snapshots that were corrupt and skipped.
+    pub fallbacks: u64,
+    /// Time spent, in ms.
+    pub ms: u64,
+}
+
+/// A read-only memory map of a whole file.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> std::io::Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path)?;
+        let len = usize::try_from(f.metadata()?.len()).map_err(std::io::Error::other)?;
+        if len == 0 {
+            return Ok(Mapped { ptr: std::ptr::null_mut(), len: 0 });
+        }
+        // SAFETY: mapping a file we opened read-only; the mapping is private and outlives the fd
+        // legitimately (mmap keeps its own reference). The data directory is locked, so no other
+        // ringcache truncates the file while it is mapped.
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: advice on the mapping just created.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping what `open` mapped.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// The snapshot files in `dir` as `(lsn, path)`, ascending. Missing directory: none.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoverError> {
+    let mut out: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| parse_snapshot_file_name(&e.file_name().to_string_lossy()).map(|l| (l, e.path())))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(RecoverError::Io { op: "list", path: dir.to_path_buf(), source: e }),
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// Removes `snap-*.tmp` files (snapshots a crash interrupted before their rename; never
+/// referenced) and syncs the directory.
+pub fn remove_temp_files(dir: &Path) -> Result<u64, RecoverError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap-") && name.ends_with(".tmp") {
+            tracing::info!(file = %e.path().display(), "removing an interrupted snapshot");
+            std::fs::remove_file(e.path()).map_err(|source| RecoverError::Io {
+                op: "remove",
+                path: e.path(),
+                source,
+            })?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir).map_err(|source| RecoverError::Io { op: "fsync", path: dir.to_path_buf(), source })?;
+    }
+    Ok(removed)
+}
+
+/// Why one file could not be loaded (the next older one is tried).
+enum Unusable {
+    Corrupt(format::Corrupt),
+    Io(std::io::Error),
+}
+
+/// Loads the newest valid snapshot of shard `shard_id` (of `shard_count`) in `dir` into
+/// `store`, inserting the entries for which `keep` is true and that have not expired.
+///
+/// A corrupt or unreadable file is skipped with a warning (renamed `*.snap.corrupt` when
+/// `repair`, so that retention never counts it) and the next older one is tried. If a file
+/// turns out bad after some of its entries were inserted (an archive that fails bytecheck
+/// despite its checksum), `undo` must remove what it inserted. `Ok(None)`: no usable snapshot.
+/// A snapshot of another shard or shard count is a configuration error, not corruption.
+#[allow(clippy::too_many_arguments)]
+pub fn load_newest(
+    dir: &Path,
+    shard_id: u32,
+    shard_count: u32,
+    repair: bool,
+    store: &mut Store,
+    now_ms: u64,
+    keep: &dyn Fn(&[u8]) -> bool,
+    undo: &mut dyn FnMut(&mut Store),
+) -> Result<Option<Loaded>, RecoverError> {
+    let mut fallbacks = 0;
+    for (lsn, path) in list(dir)?.into_iter().rev() {
+        let start = Instant::now();
+        let result = Mapped::open(&path).map_err(Unusable::Io).and_then(|m| {
+            let b = m.bytes();
+            let (header, summary) = format::verify(b).map_err(Unusable::Corrupt)?;
+            check_header(&header, lsn, shard_id, shard_count, &path)?;
+            let mut scratch = AlignedVec::new();
+            let mut keys = 0u64;
+            let mut inserted_any = false;
+            for chunk in format::chunks(b) {
+                let loaded = chunk.and_then(|c| {
+                    let entries = format::entries(&c, &mut scratch)?;
+                    for e in entries.iter() {
+                        let (k, v, t) = (e.key_bytes(), e.value_bytes(), e.expire_at());
+                        if t.is_some_and(|t| t <= now_ms) || !keep(k) {
+                            continue;
+                        }
+                        store.put(Entry::new(k, v, t), now_ms);
+                        keys += 1;
+                        inserted_any = true;
+                    }
+                    Ok(())
+                });
+                if let Err(c) = loaded {
+                    if inserted_any {
+                        undo(store);
+                    }
+                    return Err(Unusable::Corrupt(c));
+                }
+            }
+            Ok(Loaded {
+                lsn,
+                path: path.clone(),
+                entries: summary.entries,
+                keys,
+                bytes: b.len() as u64,
+                fallbacks,
+                ms: start.elapsed().as_millis() as u64,
+            })
+        });
+        match result {
+            Ok(l) => return Ok(Some(l)),
+            Err(Unusable::Corrupt(c)) if matches!(c.reason, format::Invalid::UnsupportedVersion(_)) => {
+                return Err(RecoverError::Invalid {
+                    dir: path,
+                    detail: format!("snapshot of an unsupported format ({c}); this build cannot read it"),
+                });
+            }
+            Err(Unusable::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // A configuration mismatch (see `check_header`).
+                return Err(RecoverError::Invalid { dir: path, detail: e.to_string() });
+            }
+            Err(why) => {
+                let why = match why {
+                    Unusable::Corrupt(c) => format!("corrupt: {c}"),
+                    Unusable::Io(e) => format!("unreadable: {e}"),
+                };
+                tracing::warn!(
+                    shard = shard_id,
+                    file = %path.display(),
+                    "snapshot {why}; falling back to the previous snapshot (the log still covers it)"
+                );
+                fallbacks += 1;
+                if repair {
+                    let aside = path.with_extension("snap.corrupt");
+                    std::fs::rename(&path, &aside).map_err(|source| RecoverError::Io {
+                        op: "rename",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    sync_dir(dir).map_err(|source| RecoverError::Io {
+                        op: "fsync",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+            }
+        }
+    }
+    if fallbacks > 0 {
+        tracing::warn!(shard = shard_id, "no valid snapshot left: recovering from the log alone");
+    }
+    Ok(None)
+}
+
+fn check_header(h: &Header, lsn: u64, shard_id: u32, shard_count: u32, path: &Path) -> Result<(), Unusable> {
+    if h.lsn != lsn {
+        return Err(Unusable::Corrupt(format::Corrupt { offset: 24, reason: format::Invalid::HeaderFields }));
+    }
+    if h.shard_id != shard_id || h.shard_count != shard_count {
+        return Err(Unusable::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} was written by shard {} of {}, but is in the directory of shard {shard_id} of {shard_count}",
+                path.display(),
+                h.shard_id,
+                h.shard_count
+            ),
+        )));
+    }
+    Ok(())
+}
