@@ -6,6 +6,10 @@
 //! only when nothing at all is damaged, even damage recovery works around (a torn tail, a corrupt
 //! snapshot with an older one to fall back to, a stray temporary file): 1 when something is, 2
 //! when the directory cannot be checked. Run it on a stopped server's directory, or on a copy.
+//!
+//! `ringcache repair --data-dir DIR [--recovery tolerate-corruption]` carries out the repairs
+//! recovery would make (the decision tables of `docs/WAL.md` and `docs/SNAPSHOT.md`) without
+//! starting the server.
 
 use crate::snapshot::format;
 use crate::wal::format::parse_segment_file_name;
@@ -21,6 +25,71 @@ pub struct CheckArgs {
     /// The data directory to check.
     #[arg(long = "data-dir", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// Options of `ringcache repair`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "ringcache repair", about = "Carry out what recovery would do to a data directory, offline")]
+pub struct RepairArgs {
+    /// The data directory to repair.
+    #[arg(long = "data-dir", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// `strict` refuses mid-log corruption; `tolerate-corruption` cuts the log there and sets
+    /// the rest aside (never deleted), as the server's option of the same name.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub recovery: crate::config::RecoveryArg,
+}
+
+/// `ringcache repair`: runs the server's own recovery on every shard of the current
+/// generation, with its repairs (torn tails truncated, damaged snapshots renamed
+/// `*.snap.corrupt`, stray `.tmp` removed, and with `tolerate-corruption` damaged log tails set
+/// aside), without starting the server. Takes the directory's lock, so it never runs beside a
+/// server. Returns the text to print and the exit status (0 repaired or clean, 1 refused, 2 not
+/// a usable directory).
+pub fn repair(data_dir: &Path, mode: crate::wal::RecoveryMode) -> (String, i32) {
+    use std::os::fd::AsRawFd;
+    let lock = match std::fs::OpenOptions::new().write(true).open(data_dir.join("LOCK")) {
+        Ok(f) => f,
+        Err(e) => {
+            return (format!("{}: cannot open LOCK: {e} (not a ringcache data directory?)\n", data_dir.display()), 2)
+        }
+    };
+    // SAFETY: flock on an fd we own; released when `lock` is dropped at the end.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return (format!("{} is locked by a running server: stop it first\n", data_dir.display()), 2);
+    }
+    let layout = match Layout::read(data_dir) {
+        Ok(Some(l)) => l,
+        Ok(None) => return (format!("{}: no LAYOUT file: nothing to repair\n", data_dir.display()), 2),
+        Err(e) => return (format!("{e}\n"), 2),
+    };
+    let mut out = String::new();
+    let mut code = 0;
+    for shard in 0..layout.shards {
+        let mut store = crate::store::Store::new(0);
+        match crate::wal::replay::recover_shard(data_dir, Some(layout), shard, layout.shards, mode, &mut store) {
+            Ok(st) => {
+                let _ = writeln!(
+                    out,
+                    "shard {shard}: ok: snapshot LSN {} ({} damaged skipped), {} record(s) replayed, {} torn tail(s) \
+                     truncated, {} corrupt tail(s) set aside, {} keys, next LSN {}",
+                    st.snapshot_lsn,
+                    st.snapshot_fallbacks,
+                    st.records,
+                    st.torn_tails,
+                    st.corrupt_segments,
+                    st.keys_loaded,
+                    st.next_lsn
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "shard {shard}: refused: {e}");
+                code = 1;
+            }
+        }
+    }
+    drop(lock);
+    (out, code)
 }
 
 /// What checking one shard found.

@@ -15,7 +15,7 @@
 //! | [`store`] | a shard's keyspace: the hash table and its entries |
 //! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`) |
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
-//! | [`check`] | `ringcache check`: the offline verifier of a data directory |
+//! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.

@@ -11,6 +11,12 @@ fn main() {
         print!("{text}");
         std::process::exit(code);
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "repair") {
+        let args = ringcache::check::RepairArgs::parse_from(std::env::args_os().skip(1));
+        let (text, code) = ringcache::check::repair(&args.data_dir, args.recovery.mode());
+        print!("{text}");
+        std::process::exit(code);
+    }
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).unwrap_or_else(|e| {
         eprintln!("ringcache: invalid --log-level '{}': {e}", config.log_level);

@@ -320,7 +320,8 @@ fn kill9_during_snapshots_and_compaction_loses_no_acknowledged_write() {
     let mut c = server.client();
     check_acked(&mut c, &acked, &in_flight, "final");
     eprintln!("{} keys acknowledged; {taken} snapshots, {deleted} segments compacted", acked.len());
-    assert!(taken >= 6 && deleted >= 1, "snapshots {taken}, segments deleted {deleted}: compaction never ran");
+    // Typically dozens of each; the floor only proves that kills could land in them.
+    assert!(taken >= 3 && deleted >= 1, "snapshots {taken}, segments deleted {deleted}: compaction never ran");
     drop(c);
     stop(&mut server);
 }
@@ -671,6 +672,16 @@ fn check_reports_what_recovery_would_do_and_exits_nonzero_on_any_damage() {
     let (code, text) = run_check(&torn.path);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("TORN TAIL") && text.contains(&format!("at offset {end}")), "{text}");
+    // `repair` truncates it as recovery would; then the directory checks clean.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcache"))
+        .args(["repair", "--data-dir", &torn.path.display().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("1 torn tail(s) truncated") && text.contains("130 keys"), "{text}");
+    let (code, text) = run_check(&torn.path);
+    assert_eq!(code, Some(0), "after repair: {text}");
 
     // A damaged snapshot, and a stray temporary file.
     let bad = DataDir::new("check-bad");

@@ -13,8 +13,9 @@
 //! store's snapshot epoch in the same synchronous step (no await between, so no command runs in
 //! between); from then on the store keeps the old version of every entry the walk has not
 //! written yet before it changes. The walk goes in bounded steps (at most
-//! [`STEP_BUCKETS`] buckets and about [`CHUNK_BYTES`] of entries), yielding to the executor
-//! between steps, so commands keep being served with a bounded delay.
+//! [`STEP_BUCKETS`] buckets and about [`CHUNK_BYTES`] of entries), pausing between steps
+//! (a timer, not a bare yield: see `task::STEP_PAUSE`) so that the executor reaps I/O and
+//! commands keep being served with a bounded delay.
 //!
 //! **Memory.** Old versions are preserved only for entries present at the start and not yet
 //! written, each at most once, so preserved bytes are bounded by the part of the dataset the
@@ -31,6 +32,8 @@
 //! 3. With a log: wait until the log is durable up to L, so that the log always reaches at least
 //!    the newest snapshot's LSN (a snapshot must never hold writes the log lost).
 //! 4. **rename** to `snap-<L>.snap`, **fsync the directory**. The snapshot now exists.
+//!    (Renames, unlinks and directory syncs go through io_uring: the shard's thread never
+//!    blocks on them.)
 //! 5. Retention: delete the oldest `.snap` files beyond `--snapshot-retain`; **fsync the
 //!    directory**.
 //! 6. Compaction: delete log segments all of whose records are `<=` the LSN of the *oldest*

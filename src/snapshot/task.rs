@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// Pause between two steps of the walk: long enough to take the task off the run queue (so the
 /// executor reaps I/O completions and serves connections), short against a step's work.
-const STEP_PAUSE: Duration = Duration::from_micros(20);
+pub const STEP_PAUSE: Duration = Duration::from_micros(20);
 
 /// Where and how a shard writes its snapshots.
 #[derive(Debug, Clone)]
