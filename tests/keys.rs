@@ -508,33 +508,34 @@ fn expired_keys_behave_as_missing(s: &Server) {
     let n = 16;
     let expiring: Vec<String> = (0..n).map(|i| format!("exp:{i}")).collect();
     for (i, k) in expiring.iter().enumerate() {
-        // Several ways of getting a 100 ms expiry.
+        // Several ways of getting a 500 ms expiry (long enough for the ~30 round trips up to the
+        // reads below on a loaded machine; 100 ms was not).
         match i % 4 {
-            0 => check(&mut c, &["SET", k, "v", "PX", "100"], ok()),
-            1 => check(&mut c, &["PSETEX", k, "100", "v"], ok()),
+            0 => check(&mut c, &["SET", k, "v", "PX", "500"], ok()),
+            1 => check(&mut c, &["PSETEX", k, "500", "v"], ok()),
             2 => {
                 check(&mut c, &["SET", k, "v"], ok());
-                check(&mut c, &["PEXPIRE", k, "100"], int(1));
+                check(&mut c, &["PEXPIRE", k, "500"], int(1));
             }
             _ => {
                 check(&mut c, &["SET", k, "v"], ok());
-                check(&mut c, &["GETEX", k, "PX", "100"], bulk("v"));
+                check(&mut c, &["GETEX", k, "PX", "500"], bulk("v"));
             }
         }
     }
-    // Keys whose 100 ms TTL was removed (or replaced) must survive; KEEPTTL must not save one.
-    check(&mut c, &["SET", "overwritten", "v", "PX", "100"], ok());
+    // Keys whose 500 ms TTL was removed (or replaced) must survive; KEEPTTL must not save one.
+    check(&mut c, &["SET", "overwritten", "v", "PX", "500"], ok());
     check(&mut c, &["SET", "overwritten", "w"], ok());
-    check(&mut c, &["SET", "persisted", "v", "PX", "100"], ok());
+    check(&mut c, &["SET", "persisted", "v", "PX", "500"], ok());
     check(&mut c, &["PERSIST", "persisted"], int(1));
-    check(&mut c, &["SET", "extended", "v", "PX", "100"], ok());
+    check(&mut c, &["SET", "extended", "v", "PX", "500"], ok());
     check(&mut c, &["EXPIRE", "extended", "100"], int(1));
-    check(&mut c, &["SET", "kept", "v", "PX", "100"], ok());
+    check(&mut c, &["SET", "kept", "v", "PX", "500"], ok());
     check(&mut c, &["SET", "kept", "w", "KEEPTTL"], ok());
     check(&mut c, &["GET", "exp:0"], bulk("v"));
     check(&mut c, &["EXISTS", "exp:1"], int(1));
 
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(700));
 
     for k in &expiring {
         check(&mut c, &["GET", k], nil());
@@ -585,12 +586,12 @@ fn expired_keys_behave_as_missing(s: &Server) {
 }
 
 #[test]
-fn keys_with_px_100_expire_and_then_behave_as_missing_one_shard() {
+fn keys_with_px_500_expire_and_then_behave_as_missing_one_shard() {
     expired_keys_behave_as_missing(&Server::start());
 }
 
 #[test]
-fn keys_with_px_100_expire_and_then_behave_as_missing_sharded() {
+fn keys_with_px_500_expire_and_then_behave_as_missing_sharded() {
     expired_keys_behave_as_missing(&Server::start_sharded());
 }
 
