@@ -801,3 +801,35 @@ fn backup_while_running_then_restore_keeps_every_write_acknowledged_before_it() 
     drop(c);
     stop(&mut restored);
 }
+
+/// The README's run command uses the default `--data-dir ./data`, a relative path. Directory
+/// syncs through glommio's `Directory` failed there with EBADF, so every snapshot (SAVE and the
+/// shutdown one) failed while the tests, which use absolute paths, passed.
+#[test]
+fn snapshots_work_with_a_relative_data_dir() {
+    if Server::own_only() {
+        return;
+    }
+    let rel = format!("target/tmp-relative-data-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&rel);
+    let args: Vec<String> = ["--bind", "127.0.0.1:0", "--threads", "1", "--durability", "async", "--data-dir", &rel]
+        .map(String::from)
+        .to_vec();
+    let mut server = Server::spawn(&args);
+    let mut c = server.client();
+    let () = redis::cmd("SET").arg("k").arg("v").query(&mut c).expect("SET");
+    let saved: String = redis::cmd("SAVE").query(&mut c).expect("SAVE");
+    assert_eq!(saved, "OK", "log: {}", server.log_text());
+    let () = redis::cmd("SET").arg("k2").arg("v2").query(&mut c).expect("SET");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let log = server.log_text();
+    assert!(!log.contains("snapshot failed"), "log: {log}");
+    let snaps: Vec<_> = std::fs::read_dir(format!("{rel}/gen-0/shard-000"))
+        .expect("shard dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        .collect();
+    assert_eq!(snaps.len(), 2, "the SAVE snapshot and the shutdown one; log: {log}");
+    let _ = std::fs::remove_dir_all(&rel);
+}
