@@ -6,17 +6,23 @@
 //! `O_DSYNC`, and one `fdatasync` at the end makes all of it durable. Direct I/O keeps a
 //! multi-gigabyte snapshot out of the page cache (it would otherwise evict the memory the cache
 //! itself needs). On filesystems without O_DIRECT the buffered fallback of the log is used.
+//!
+//! Direct writes and the final sync are blocking calls on the shard's blocking thread, as the
+//! log's are (`wal::file` explains why not glommio's `DmaFile`: it kept the executor spinning
+//! during every write).
 
-use crate::wal::file::{io_err, FaultPlan, IoMode};
-use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use crate::wal::file::{io_err, AlignedBuf, FaultPlan, IoMode};
+use glommio::io::{BufferedFile, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::format::BLOCK_SIZE;
 
 enum Inner {
-    Direct(DmaFile),
+    Direct(Arc<std::fs::File>),
     Buffered(BufferedFile),
 }
 
@@ -38,7 +44,13 @@ impl SnapshotFile {
         let mut o = OpenOptions::new();
         o.read(true).write(true).create_new(true);
         let inner = match mode {
-            IoMode::Direct => Inner::Direct(o.dma_open(path).await.map_err(io_err)?),
+            IoMode::Direct => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut o = std::fs::OpenOptions::new();
+                o.read(true).write(true).create_new(true).custom_flags(libc::O_DIRECT);
+                let path = path.to_path_buf();
+                Inner::Direct(Arc::new(glommio::executor().spawn_blocking(move || o.open(path)).await?))
+            }
             IoMode::Buffered => Inner::Buffered(o.buffered_open(path).await.map_err(io_err)?),
         };
         Ok(SnapshotFile { inner, path: path.to_path_buf(), pos: 0, faults })
@@ -71,9 +83,9 @@ impl SnapshotFile {
         }
         let n = match &self.inner {
             Inner::Direct(f) => {
-                let mut b = f.alloc_dma_buffer(data.len());
-                b.as_bytes_mut().copy_from_slice(data);
-                f.write_at(b, self.pos).await.map_err(io_err)?
+                let (f, b, pos, len) = (f.clone(), AlignedBuf::copy_of(data)?, self.pos, data.len());
+                glommio::executor().spawn_blocking(move || f.write_all_at(b.as_slice(), pos)).await?;
+                len
             }
             Inner::Buffered(f) => f.write_at(data.to_vec(), self.pos).await.map_err(io_err)?,
         };
@@ -94,10 +106,7 @@ impl SnapshotFile {
             self.write_exact(&buf).await?;
         }
         match self.inner {
-            Inner::Direct(f) => {
-                f.fdatasync().await.map_err(io_err)?;
-                f.close().await.map_err(io_err)?;
-            }
+            Inner::Direct(f) => glommio::executor().spawn_blocking(move || f.sync_data()).await?,
             Inner::Buffered(f) => {
                 f.fdatasync().await.map_err(io_err)?;
                 f.close().await.map_err(io_err)?;
@@ -110,7 +119,7 @@ impl SnapshotFile {
     pub async fn discard(self) {
         let path = self.path.clone();
         match self.inner {
-            Inner::Direct(f) => drop(f.close().await),
+            Inner::Direct(f) => drop(f),
             Inner::Buffered(f) => drop(f.close().await),
         }
         let _ = std::fs::remove_file(&path);

@@ -222,7 +222,7 @@ impl LogFile {
 }
 
 /// A heap buffer aligned for direct I/O, owned so it can go to the blocking thread.
-struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     layout: Layout,
@@ -233,7 +233,7 @@ unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     /// An aligned copy of `data` (whose length the caller made a multiple of the block size).
-    fn copy_of(data: &[u8]) -> io::Result<AlignedBuf> {
+    pub(crate) fn copy_of(data: &[u8]) -> io::Result<AlignedBuf> {
         let layout = Layout::from_size_align(data.len().max(DIRECT_ALIGN), DIRECT_ALIGN)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: the layout has a non-zero size.
@@ -244,7 +244,7 @@ impl AlignedBuf {
         Ok(AlignedBuf { ptr, len: data.len(), layout })
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` bytes were initialised by `copy_of`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
