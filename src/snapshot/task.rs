@@ -10,7 +10,7 @@ use super::format::{snapshot_file_name, temp_file_name, Compression, Encoder, He
 use super::{load, plan_compaction, plan_retention, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, STEP_BUCKETS, WRITE_BYTES};
 use crate::shard::LocalEvent;
 use crate::store::Store;
-use crate::wal::file::{io_err, FaultPlan, IoMode};
+use crate::wal::file::{io_err, sync_dir_async, FaultPlan, IoMode};
 use crate::wal::format::parse_segment_file_name;
 use crate::wal::ShardLog;
 use std::cell::{Cell, RefCell};
@@ -241,7 +241,7 @@ async fn run(ctl: &Rc<SnapshotCtl>, store: &RefCell<Store>, wal: Option<&Rc<Shar
         let _ = std::fs::remove_file(&tmp);
         return Err(fail("rename", &tmp)(e));
     }
-    sync_dir(&cfg.dir).await.map_err(fail("fsync", &cfg.dir))?;
+    sync_dir_async(&cfg.dir).await.map_err(fail("fsync", &cfg.dir))?;
     ctl.newest.set(Some(lsn));
     ctl.base_lsn.set(lsn);
     // Retention, then compaction: only now that the new snapshot is durable.
@@ -327,7 +327,7 @@ pub async fn retain_and_compact(dir: &Path, retain: usize) -> Result<(u64, u64),
         glommio::io::remove(&p).await.map_err(io_err).map_err(io("remove", &p))?;
     }
     if !doomed.is_empty() {
-        sync_dir(dir).await.map_err(io("fsync", dir))?;
+        sync_dir_async(dir).await.map_err(io("fsync", dir))?;
     }
     let Some(&oldest) = kept.first() else {
         return Ok((doomed.len() as u64, 0));
@@ -343,18 +343,8 @@ pub async fn retain_and_compact(dir: &Path, retain: usize) -> Result<(u64, u64),
         glommio::io::remove(&p).await.map_err(io_err).map_err(io("remove", &p))?;
     }
     if !delete.is_empty() {
-        sync_dir(dir).await.map_err(io("fsync", dir))?;
+        sync_dir_async(dir).await.map_err(io("fsync", dir))?;
         tracing::info!(dir = %dir.display(), segments = delete.len(), up_to_lsn = oldest, "log compacted");
     }
     Ok((doomed.len() as u64, delete.len() as u64))
-}
-
-/// Makes the entries of `dir` durable without blocking the executor: a plain fsync of the
-/// directory on the shard's blocking thread. (A blocking fsync on the executor cost the shard's
-/// commands tens of milliseconds on a busy disk, two or three per snapshot. glommio's
-/// `Directory::sync` through io_uring failed with EBADF on ext4: glommio opens directories in
-/// a way fsync rejects.)
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    glommio::executor().spawn_blocking(move || crate::wal::file::sync_dir(&dir)).await
 }

@@ -25,7 +25,8 @@
 //!
 //! # Directories
 //! Creating, renaming or removing a file changes its directory; [`sync_dir`] makes that change
-//! durable. It is a blocking `fsync` on the executor thread: rare (once per segment) and short.
+//! durable. On a running shard it goes through [`sync_dir_async`], on the blocking thread;
+//! startup and recovery call it directly.
 
 use glommio::io::{BufferedFile, OpenOptions};
 use std::alloc::Layout;
@@ -275,6 +276,13 @@ pub fn probe_direct_io(dir: &Path) -> io::Result<IoMode> {
 /// Makes the entries of `dir` (files created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// [`sync_dir`] on the shard's blocking thread, so the executor keeps serving while the disk
+/// works. (glommio's `Directory::sync` through io_uring failed with EBADF for a relative path.)
+pub async fn sync_dir_async(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    glommio::executor().spawn_blocking(move || sync_dir(&dir)).await
 }
 
 /// Writes `contents` to `dir/name` atomically: a temporary file, fsync, rename, directory

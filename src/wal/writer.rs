@@ -31,7 +31,7 @@
 //!   connections are closed without their replies; new writes get `-IOERR`; INFO shows it; a
 //!   restart recovers from what is really on disk.
 
-use super::file::{sync_dir, IoMode, LogFile};
+use super::file::{sync_dir_async, IoMode, LogFile};
 use super::format::{segment_file_name, FlushBuf, Record, SegmentHeader, BLOCK_SIZE};
 use crate::shard::LocalEvent;
 use std::cell::{Cell, RefCell};
@@ -462,7 +462,7 @@ impl ShardLog {
             SegmentHeader { shard_id: self.cfg.shard_id, shard_count: self.cfg.shard_count, first_lsn, segment_id: id };
         let block = header.to_block().map_err(|e| std::io::Error::other(e.to_string()))?;
         file.write_durable(&block, 0).await?;
-        sync_dir(&self.cfg.dir)?;
+        sync_dir_async(&self.cfg.dir).await?;
         self.stats.borrow_mut().segments_created += 1;
         *self.segment.borrow_mut() = Some(Segment { file: Rc::new(file), id, offset: BLOCK_SIZE as u64 });
         Ok(())
