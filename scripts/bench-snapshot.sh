@@ -40,9 +40,9 @@ check_cpus
 # in a subshell (the PID must reach the exit trap).
 start_rc() {
     local dir=$1 logf="$BENCH_TMP/rc-$RANDOM.log" t0 i
-    port_free "$RC_PORT"
+    wait_port_free "$RC_PORT"
     t0=$(date +%s%N)
-    taskset -c "$SERVER_CPU" "$RINGCACHE_BIN" --bind "127.0.0.1:$RC_PORT" --threads 1 --durability async \
+    taskset -c "$SERVER_CPU" "${RT[@]}" "$RINGCACHE_BIN" --bind "127.0.0.1:$RC_PORT" --threads 1 --durability async \
         --data-dir "$dir" --snapshot-wal-bytes 0 --snapshot-on-shutdown yes --log-level info 2>"$logf" >/dev/null &
     RC_PID=$!
     _BENCH_PIDS+=("$RC_PID")
@@ -80,7 +80,7 @@ print("%.0f %.0f %.0f" % (op["p50"], op["p99"], op["p99.9"]))' "$1"
 measured() {
     local n=$1 json=$2 extra=()
     [[ ${3:-} == prefill ]] && extra=(--prefill)
-    taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" run --target "127.0.0.1:$RC_PORT" --rate "$RATE" --ratio 1:9 \
+    taskset -c "$CLIENT_CPU" "${RT[@]}" "$LOADGEN_BIN" run --target "127.0.0.1:$RC_PORT" --rate "$RATE" --ratio 1:9 \
         --keys "$n" --value-bytes 32 --key-dist uniform --connections 8 --client-threads 1 --cpus "$CLIENT_CPU" \
         --duration-s "$LG_DURATION_S" --warmup-s 1 --seed 7 --quiet --json "$json" "${extra[@]}" >/dev/null
 }
@@ -116,6 +116,10 @@ for n in $KEYS_LIST; do
     rss_b=$(cat "$rss_file")
     read -r b50 b99 b999 < <(gets "$BENCH_TMP/b-$n.json")
     snap_ms=$(info_field "$RC_PORT" snapshot_last_ms_max)
+    step_us=$(info_field "$RC_PORT" snapshot_step_max_us)
+    # A snapshot of many keys on a busy shard can outlast the run (it paces itself to a quarter
+    # of the shard): then none finished and there is no duration to show.
+    [[ $(info_field "$RC_PORT" snapshots_taken) == 0 ]] && snap_ms="running"
     snap_bytes=$(info_field "$RC_PORT" snapshot_last_bytes)
     preserved=$(info_field "$RC_PORT" snapshot_preserved_peak_bytes_max)
     stop_pid "$RC_PID"
@@ -126,19 +130,23 @@ for n in $KEYS_LIST; do
     rec_keys=$(info_field "$RC_PORT" recovery_snapshot_keys)
     rec_mbs=$(info_field "$RC_PORT" recovery_snapshot_mb_per_s)
     stop_pid "$RC_PID"
-    rows+=("$(printf '%-9s | %6s %6s %7s %7s | %6s %6s %7s %7s %5s | %7s %9s %9s | %6s %7s %8s %7s' \
+    rows+=("$(printf '%-9s | %6s %6s %7s %7s | %6s %6s %7s %7s %5s | %7s %7s %9s %9s | %6s %7s %8s %7s' \
         "$n" "$a50" "$a99" "$a999" "$((rss_a / 1024))" "$b50" "$b99" "$b999" "$((rss_b / 1024))" "$saves" \
-        "$snap_ms" "$((snap_bytes / 1048576))" "$((preserved / 1024))" "$start_ms" "$rec_ms" "$rec_keys" "$rec_mbs")")
+        "$snap_ms" "$step_us" "$((snap_bytes / 1048576))" "$((preserved / 1024))" "$start_ms" "$rec_ms" "$rec_keys" "$rec_mbs")")
 done
 
 report() {
     echo "# scripts/bench-snapshot.sh — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "machine:   $(nproc) CPUs ($(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
     echo "ringcache: $("$RINGCACHE_BIN" --version 2>/dev/null) (git $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), --threads 1, server on CPU $SERVER_CPU, client on CPU $CLIENT_CPU"
-    echo "scheduling: $(chrt -p $$ 2>/dev/null | head -1 | sed 's/.*: //') (the run's own policy; SCHED_IDLE figures are only comparable within one run)"
+    if [[ -n ${BENCH_RT_PRIO:-} ]]; then
+        echo "scheduling: server and loadgen SCHED_FIFO $BENCH_RT_PRIO (BENCH_RT_PRIO), so other work on the machine cannot delay them; samplers SCHED_OTHER"
+    else
+        echo "scheduling: $(chrt -p $$ 2>/dev/null | head -1 | sed 's/.*: //') (the run's own policy; SCHED_IDLE figures are only comparable within one run)"
+    fi
     echo "load:      $(load_avg) (1/5/15 min) at the end; rate $RATE ops/s, 10% SET, ${LG_DURATION_S}s per run"
     echo
-    echo "N keys    | A: no snapshot: GET p50 p99 p99.9 (us), peak RSS MiB | B: BGSAVE back to back: GET p50 p99 p99.9 (us), peak RSS MiB, saves | snapshot ms, file MiB, preserved peak KiB | restart: ms to listening, recovery ms, keys loaded, MB/s"
+    echo "N keys    | A: no snapshot: GET p50 p99 p99.9 (us), peak RSS MiB | B: BGSAVE back to back: GET p50 p99 p99.9 (us), peak RSS MiB, saves | snapshot ms, longest step us, file MiB, preserved peak KiB | restart: ms to listening, recovery ms, keys loaded, MB/s"
     printf '%s\n' "${rows[@]}"
 }
 report

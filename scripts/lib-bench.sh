@@ -16,6 +16,9 @@
 #   BENCH_MAX_LOAD           wait for the 1-minute load average to fall below this (default 1.0)
 #   BENCH_WAIT_LOAD_S        ... but at most this long, then run anyway and say so (default 120)
 #   BENCH_OUT                where the tables go (default docs/perf)
+#   BENCH_RT_PRIO            run servers and load generators SCHED_FIFO at this priority (e.g.
+#                            10; root only) so that other work on a shared machine cannot delay
+#                            them; helpers (samplers, redis-cli) stay SCHED_OTHER. Off by default.
 
 set -euo pipefail
 
@@ -30,6 +33,10 @@ BENCH_OUT=${BENCH_OUT:-$BENCH_ROOT/docs/perf}
 _target_dir=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}
 RINGCACHE_BIN=${RINGCACHE_BIN:-$_target_dir/release/ringcache}
 LOADGEN_BIN=${LOADGEN_BIN:-$_target_dir/release/ringcache-loadgen}
+# Prefix for the measured processes: `taskset -c CPU "${RT[@]}" cmd` (chrt execs, so $! is
+# still the command's PID).
+RT=()
+[[ -n ${BENCH_RT_PRIO:-} ]] && RT=(chrt -f "$BENCH_RT_PRIO")
 
 # Scratch space for logs and raw outputs of this run; removed on exit.
 BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ringcache-bench.XXXXXX")
@@ -134,6 +141,18 @@ wait_quiet() {
 }
 
 # Fails if something already listens on the port: we never reuse or stop other people's servers.
+# wait_port_free PORT: for a port our own server just released. Its listening socket can outlive
+# the process for a moment (io_uring tears a ring down, and drops the files its requests hold,
+# after the process is gone), so wait up to 5 s before calling the port taken.
+wait_port_free() {
+    local i
+    for i in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null || return 0
+        sleep 0.1
+    done
+    port_free "$1"
+}
+
 port_free() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
         die "port $1 is in use; pick others with RC_PORT=... REDIS_PORT=..."
@@ -154,7 +173,7 @@ start_ringcache() {
     local mode=(--durability "${RC_DURABILITY:-off}") a
     for a in "$@"; do [[ $a == --durability* ]] && mode=(); done
     rm -rf "$data"
-    taskset -c "$SERVER_CPU" "$RINGCACHE_BIN" --bind "127.0.0.1:$port" --threads 1 --log-level info \
+    taskset -c "$SERVER_CPU" "${RT[@]}" "$RINGCACHE_BIN" --bind "127.0.0.1:$port" --threads 1 --log-level info \
         --data-dir "$data" "${mode[@]}" "$@" 2>"$logf" >/dev/null &
     RC_PID=$!
     _BENCH_PIDS+=("$RC_PID")
@@ -175,7 +194,7 @@ start_redis() {
     shift
     port_free "$port"
     mkdir -p "$dir"
-    taskset -c "$SERVER_CPU" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' \
+    taskset -c "$SERVER_CPU" "${RT[@]}" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' \
         --appendonly no --daemonize no --dir "$dir" --logfile "$dir/redis.log" "$@" &
     REDIS_PID=$!
     _BENCH_PIDS+=("$REDIS_PID")

@@ -445,7 +445,7 @@ async fn recover(
             // A new generation without a log: its state is a snapshot, durable before the
             // layout switches to it.
             let cell = std::cell::RefCell::new(std::mem::replace(store, Store::new(0)));
-            let r = crate::snapshot::task::take_snapshot(&ctl, &cell, None).await;
+            let r = crate::snapshot::task::take_snapshot(&ctl, &cell, None, &std::cell::Cell::new(0)).await;
             *store = cell.into_inner();
             r.map_err(|e| format!("write the new generation's snapshot: {e}"))?;
         }

@@ -882,7 +882,7 @@ fn snapshot_fields(s: &mut String, g: &crate::shard::Global, snaps: &[crate::sha
         "snapshot_dir:{}\r\nsnapshot_compression:{}\r\nsnapshot_retain:{}\r\nsnapshot_interval_s:{}\r\n\
          snapshot_wal_bytes:{}\r\nsnapshots_taken:{}\r\nsnapshots_failed:{}\r\nsnapshots_running:{}\r\n\
          snapshot_last_entries:{}\r\nsnapshot_last_bytes:{}\r\nsnapshot_last_ms_max:{}\r\n\
-         snapshot_preserved_bytes:{}\r\nsnapshot_preserved_peak_bytes_max:{}\r\n\
+         snapshot_step_max_us:{}\r\nsnapshot_preserved_bytes:{}\r\nsnapshot_preserved_peak_bytes_max:{}\r\n\
          snapshot_preserved_limit_bytes:{}\r\nsnapshots_deleted:{}\r\nsnapshot_wal_segments_deleted:{}\r\n\
          recovery_snapshots_loaded:{}\r\nrecovery_snapshot_keys:{}\r\nrecovery_snapshot_bytes:{rec_bytes}\r\n\
          recovery_snapshot_ms_max:{rec_ms}\r\nrecovery_snapshot_mb_per_s:{:.1}\r\nrecovery_snapshot_fallbacks:{}\r\n\
@@ -898,6 +898,7 @@ fn snapshot_fields(s: &mut String, g: &crate::shard::Global, snaps: &[crate::sha
         sum(&|r| r.stats.last_entries),
         sum(&|r| r.stats.last_bytes),
         max(&|r| r.stats.last_ms),
+        max(&|r| r.stats.step_max_us),
         sum(&|r| r.preserved_bytes),
         max(&|r| r.preserved_peak_bytes),
         crate::snapshot::PRESERVED_LIMIT_BYTES,

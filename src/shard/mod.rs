@@ -478,7 +478,9 @@ impl Shard {
         let Some(ctl) = &self.snapshots else {
             return Err(SNAPSHOTS_DISABLED.to_string());
         };
-        let r = crate::snapshot::task::take_snapshot(ctl, &self.store, self.wal.as_ref()).await;
+        let r =
+            crate::snapshot::task::take_snapshot(ctl, &self.store, self.wal.as_ref(), &self.stats.commands_processed)
+                .await;
         match r {
             Ok(d) => {
                 if let Some(a) = self.global.shard_lastsave_s.get(self.id) {

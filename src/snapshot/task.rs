@@ -18,9 +18,22 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Pause between two steps of the walk: long enough to take the task off the run queue (so the
-/// executor reaps I/O completions and serves connections), short against a step's work.
+/// Pause between two steps of the walk on an idle shard: long enough to take the task off the
+/// run queue (so the executor reaps I/O completions and serves connections), short against a
+/// step's work.
 pub const STEP_PAUSE: Duration = Duration::from_micros(20);
+
+/// Most of a busy shard's time the walk takes: when the shard served a command during the pause
+/// before a step, the walk pauses after it for three times the step's duration. On an idle
+/// shard it runs flat out (pausing [`STEP_PAUSE`]).
+///
+/// Why: commands run only between steps, and a connection with one request outstanding gets
+/// one turn per pause. With 20 µs pauses the walk took ~95% of the shard, so back-to-back
+/// snapshots left too little for 20k GET/s: open-loop GET p50 went from 0.09 ms to 1.8 ms (p99
+/// 10 ms) on one shard with 1M keys (`scripts/bench-snapshot.sh`, docs/PERFORMANCE.md). At a
+/// quarter, a busy shard keeps three quarters for commands, a GET waits at most one step, and
+/// a snapshot takes at most four times as long as on an idle shard.
+pub const BUSY_SHARE_PERCENT: u32 = 25;
 
 /// Where and how a shard writes its snapshots.
 #[derive(Debug, Clone)]
@@ -61,6 +74,8 @@ pub struct SnapshotStats {
     pub last_success_s: u64,
     pub segments_deleted: u64,
     pub snapshots_deleted: u64,
+    /// Longest single step of any walk, in µs: the longest a command waited behind one.
+    pub step_max_us: u64,
 }
 
 /// A shard's snapshot state.
@@ -139,10 +154,14 @@ pub struct Done {
 
 /// Takes a snapshot of `store` (the shard's) at the log's current LSN and makes it durable, then
 /// applies retention and compaction. Waits for a running snapshot to end first.
+///
+/// `commands_served` is the shard's count of commands run (any counter that moves when the
+/// shard serves traffic): the walk paces itself by it (see [`BUSY_SHARE_PERCENT`]).
 pub async fn take_snapshot(
     ctl: &Rc<SnapshotCtl>,
     store: &RefCell<Store>,
     wal: Option<&Rc<ShardLog>>,
+    commands_served: &Cell<u64>,
 ) -> Result<Done, SnapshotError> {
     while ctl.running.get() {
         let ev = ctl.done.borrow().clone();
@@ -152,7 +171,7 @@ pub async fn take_snapshot(
     ctl.last_start.set(Instant::now());
     ctl.wal_bytes_at_last.set(wal.map_or(0, |w| w.stats().bytes_written));
     let start = Instant::now();
-    let result = run(ctl, store, wal).await;
+    let result = run(ctl, store, wal, commands_served).await;
     {
         let mut st = ctl.stats.borrow_mut();
         match &result {
@@ -196,7 +215,12 @@ pub async fn take_snapshot(
     result
 }
 
-async fn run(ctl: &Rc<SnapshotCtl>, store: &RefCell<Store>, wal: Option<&Rc<ShardLog>>) -> Result<Done, SnapshotError> {
+async fn run(
+    ctl: &Rc<SnapshotCtl>,
+    store: &RefCell<Store>,
+    wal: Option<&Rc<ShardLog>>,
+    commands_served: &Cell<u64>,
+) -> Result<Done, SnapshotError> {
     let cfg = &ctl.cfg;
     // The point in time: the LSN and the epoch flip in one synchronous step.
     let lsn = match wal {
@@ -211,7 +235,7 @@ async fn run(ctl: &Rc<SnapshotCtl>, store: &RefCell<Store>, wal: Option<&Rc<Shar
         return Err(SnapshotError::Encode { shard: cfg.shard_id, detail: "a snapshot walk is already running".into() });
     }
     let tmp = cfg.dir.join(temp_file_name(lsn));
-    let written = write_file(ctl, store, &tmp, lsn).await;
+    let written = write_file(ctl, store, &tmp, lsn, commands_served).await;
     let (entries, bytes) = match written {
         Ok(x) => x,
         Err(e) => {
@@ -260,6 +284,7 @@ async fn write_file(
     store: &RefCell<Store>,
     tmp: &Path,
     lsn: u64,
+    commands_served: &Cell<u64>,
 ) -> Result<(u64, u64), SnapshotError> {
     let cfg = &ctl.cfg;
     let io = |op: &'static str| {
@@ -277,13 +302,23 @@ async fn write_file(
     let mut buf = Vec::with_capacity(WRITE_BYTES + CHUNK_BYTES * 2);
     let mut enc = Encoder::new(&header, &mut buf);
     let result: Result<(), SnapshotError> = async {
+        let mut served = commands_served.get();
         loop {
+            // Commands run only while the walk pauses: did any run during the last pause?
+            let busy = commands_served.get() != served;
+            served = commands_served.get();
+            let began = Instant::now();
             let step = {
                 let mut s = store.borrow_mut();
                 let now = crate::store::now_ms();
                 s.snapshot_step(STEP_BUCKETS, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, now, |refs| enc.chunk(refs, &mut buf))
             }
             .map_err(|e| SnapshotError::Encode { shard: cfg.shard_id, detail: e.to_string() })?;
+            let took = began.elapsed();
+            {
+                let mut st = ctl.stats.borrow_mut();
+                st.step_max_us = st.step_max_us.max(took.as_micros() as u64);
+            }
             if buf.len() >= WRITE_BYTES || step.done {
                 file.write_blocks(&mut buf).await.map_err(io("write"))?;
             }
@@ -294,9 +329,10 @@ async fn write_file(
             // ready again at once, and glommio reaps network completions only when its run
             // queue empties or the task queue's quantum (100 ms by default) ends, so GETs
             // waited up to 100 ms behind a walk (measured: p99 306 ms with snapshots back to
-            // back, 2.7 ms without). A short timer takes the task off the run queue, so the
-            // executor polls io_uring between every two steps.
-            glommio::timer::sleep(STEP_PAUSE).await;
+            // back, 2.7 ms without). A timer takes the task off the run queue, so the executor
+            // polls io_uring between every two steps; on a busy shard the pause is long enough
+            // to leave it three quarters of its time (BUSY_SHARE_PERCENT).
+            glommio::timer::sleep(pause_after(took, busy)).await;
         }
     }
     .await;
@@ -308,6 +344,16 @@ async fn write_file(
     enc.finish(lsn, &mut buf);
     let bytes = file.finish(buf).await.map_err(io("write and fdatasync"))?;
     Ok((entries, bytes))
+}
+
+/// The pause after a step that took `took`: [`STEP_PAUSE`] on an idle shard, on a busy one long
+/// enough that the walk takes [`BUSY_SHARE_PERCENT`] of the time.
+pub fn pause_after(took: Duration, busy: bool) -> Duration {
+    if !busy {
+        return STEP_PAUSE;
+    }
+    let share = BUSY_SHARE_PERCENT.clamp(1, 100);
+    (took * (100 - share) / share).max(STEP_PAUSE)
 }
 
 /// Retention then compaction in `dir`: keeps the newest `retain` snapshots, deletes log
@@ -347,4 +393,19 @@ pub async fn retain_and_compact(dir: &Path, retain: usize) -> Result<(u64, u64),
         tracing::info!(dir = %dir.display(), segments = delete.len(), up_to_lsn = oldest, "log compacted");
     }
     Ok((doomed.len() as u64, delete.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_paces_itself_only_on_a_busy_shard() {
+        let step = Duration::from_micros(300);
+        assert_eq!(pause_after(step, false), STEP_PAUSE);
+        // A quarter of a busy shard: the pause is three times the step.
+        assert_eq!(pause_after(step, true), Duration::from_micros(900));
+        // A step shorter than the minimal pause still pauses that long.
+        assert_eq!(pause_after(Duration::from_micros(1), true), STEP_PAUSE);
+    }
 }
