@@ -361,6 +361,17 @@ impl Store {
         drop(old);
     }
 
+    /// Makes room for `additional` more keys at once (see [`Table::reserve`]); a hint: the
+    /// bucket array it allocates is counted in `used_bytes` like any other.
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional);
+    }
+
+    /// Hints the CPU to fetch `key`'s bucket ahead of a `put` of it (see [`Table::prefetch`]).
+    pub fn prefetch(&self, key: &[u8]) {
+        self.table.prefetch(key);
+    }
+
     /// Starts a point-in-time snapshot of the store as it is now (O(1): flips the epoch; see
     /// the module docs). Returns false if one is already running.
     pub fn begin_snapshot(&mut self) -> bool {
