@@ -7,7 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+/// A fuzz target: its name (the corpus directory) and its body.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 4] = [
     ("resp_parse", ringcache::fuzzing::resp_parse),
     ("command_parse", ringcache::fuzzing::command_parse),
     ("wal_scan", ringcache::fuzzing::wal_scan),

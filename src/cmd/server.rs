@@ -651,7 +651,7 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                 if v < min || v > max {
                     return out.error(&failed(format!("must be between {min} and {max} inclusive")));
                 }
-                updates.push(ConfigUpdate::Number(*pname, v as usize));
+                updates.push(ConfigUpdate::Number(pname, v as usize));
             }
             let g = &conn.shard.global;
             for u in updates {
