@@ -101,6 +101,15 @@ pub struct Config {
     /// RLIMIT_MEMLOCK suffices for every shard.
     #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]
     pub io_memory_bytes: usize,
+
+    /// Output buffer limits, as Redis's `client-output-buffer-limit`: `<class> <hard> <soft>
+    /// <soft seconds>` groups. A client whose unwritten replies reach the hard limit, or stay at
+    /// or over the soft limit for longer than the soft seconds, is disconnected without its
+    /// pending replies. Only the `normal` class applies (no replicas or pub/sub here); 0 turns
+    /// a limit off. Unlike Redis (normal 0 0 0), the default bounds every client; see
+    /// docs/OPERATIONS.md.
+    #[arg(long = "client-output-buffer-limit", default_value = OutputBufferLimits::DEFAULT_STR, value_parser = parse_output_buffer_limits)]
+    pub client_output_buffer_limit: OutputBufferLimits,
 }
 
 /// `--recovery` values (see [`crate::wal::RecoveryMode`]).
@@ -177,6 +186,120 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// One class of `client-output-buffer-limit` (all sizes in bytes; 0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimit {
+    /// Unwritten reply bytes at which the client is disconnected at once.
+    pub hard_bytes: u64,
+    /// Unwritten reply bytes the client may stay at or over for only `soft_seconds`.
+    pub soft_bytes: u64,
+    /// How long the soft limit may be exceeded; 0 with a soft limit: disconnect on reaching it.
+    pub soft_seconds: u64,
+}
+
+/// `client-output-buffer-limit` for Redis's three classes. Only `normal` is enforced (this
+/// server has no replicas and no pub/sub); the others are kept so that a Redis configuration
+/// line is accepted and CONFIG GET reports what was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimits {
+    pub normal: OutputBufferLimit,
+    pub replica: OutputBufferLimit,
+    pub pubsub: OutputBufferLimit,
+}
+
+impl OutputBufferLimits {
+    /// The default, as an option value. `normal 1gb 256mb 60`: the hard limit is twice the
+    /// largest value a GET can return (`proto-max-bulk-len` is at most 512mb), so any single
+    /// value can be read, and a client that leaves a quarter of that unread for a minute is
+    /// cut off. Redis's default for normal clients is `0 0 0` (unlimited): one client that
+    /// pipelines GETs of big values without reading can then take all memory. The replica and
+    /// pubsub classes are Redis's defaults.
+    pub const DEFAULT_STR: &'static str = "normal 1gb 256mb 60 replica 256mb 64mb 60 pubsub 32mb 8mb 60";
+
+    /// Applies `<class> <hard> <soft> <seconds>` groups on top of `self`, as Redis's CONFIG SET
+    /// does (classes not named keep their limits). Errors are Redis's texts.
+    pub fn apply(&self, s: &str) -> Result<OutputBufferLimits, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        if words.is_empty() || words.len() % 4 != 0 {
+            return Err("Wrong number of arguments in buffer limit configuration.".into());
+        }
+        let mut out = *self;
+        for g in words.chunks_exact(4) {
+            let class = match g[0].to_ascii_lowercase().as_str() {
+                "normal" => &mut out.normal,
+                "replica" | "slave" => &mut out.replica,
+                "pubsub" => &mut out.pubsub,
+                _ => return Err("Invalid client class specified in buffer limit configuration.".into()),
+            };
+            let bad = || "Error in hard, soft or soft_seconds setting in buffer limit configuration.".to_string();
+            let hard_bytes = parse_bytes(g[1]).map_err(|_| bad())? as u64;
+            let soft_bytes = parse_bytes(g[2]).map_err(|_| bad())? as u64;
+            let soft_seconds = g[3].parse::<u64>().map_err(|_| bad())?;
+            *class = OutputBufferLimit { hard_bytes, soft_bytes, soft_seconds };
+        }
+        Ok(out)
+    }
+
+    /// The CONFIG GET form, in bytes (`normal 1073741824 268435456 60 slave ... pubsub ...`).
+    pub fn to_config_string(&self) -> String {
+        let f = |l: &OutputBufferLimit| format!("{} {} {}", l.hard_bytes, l.soft_bytes, l.soft_seconds);
+        format!("normal {} slave {} pubsub {}", f(&self.normal), f(&self.replica), f(&self.pubsub))
+    }
+}
+
+fn parse_output_buffer_limits(s: &str) -> Result<OutputBufferLimits, String> {
+    let zero = OutputBufferLimit { hard_bytes: 0, soft_bytes: 0, soft_seconds: 0 };
+    let base = OutputBufferLimits { normal: zero, replica: zero, pubsub: zero };
+    // Classes not named get the defaults.
+    let defaults = base.apply(OutputBufferLimits::DEFAULT_STR)?;
+    defaults.apply(s)
+}
+
+/// The normal-class output limit, shared by every connection and changed by CONFIG SET.
+#[derive(Debug)]
+pub struct OutputLimitCell {
+    hard_bytes: std::sync::atomic::AtomicU64,
+    soft_bytes: std::sync::atomic::AtomicU64,
+    soft_seconds: std::sync::atomic::AtomicU64,
+    /// The whole setting, for CONFIG GET (changed only by CONFIG SET).
+    all: std::sync::Mutex<OutputBufferLimits>,
+}
+
+impl OutputLimitCell {
+    pub fn new(limits: OutputBufferLimits) -> OutputLimitCell {
+        use std::sync::atomic::AtomicU64;
+        let n = limits.normal;
+        OutputLimitCell {
+            hard_bytes: AtomicU64::new(n.hard_bytes),
+            soft_bytes: AtomicU64::new(n.soft_bytes),
+            soft_seconds: AtomicU64::new(n.soft_seconds),
+            all: std::sync::Mutex::new(limits),
+        }
+    }
+
+    /// The normal class's limits (read per round by every connection: atomics, no lock).
+    pub fn normal(&self) -> OutputBufferLimit {
+        use std::sync::atomic::Ordering::Relaxed;
+        OutputBufferLimit {
+            hard_bytes: self.hard_bytes.load(Relaxed),
+            soft_bytes: self.soft_bytes.load(Relaxed),
+            soft_seconds: self.soft_seconds.load(Relaxed),
+        }
+    }
+
+    pub fn get(&self) -> OutputBufferLimits {
+        *self.all.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set(&self, limits: OutputBufferLimits) {
+        use std::sync::atomic::Ordering::Relaxed;
+        *self.all.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.hard_bytes.store(limits.normal.hard_bytes, Relaxed);
+        self.soft_bytes.store(limits.normal.soft_bytes, Relaxed);
+        self.soft_seconds.store(limits.normal.soft_seconds, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +312,21 @@ mod tests {
         assert_eq!(parse_bytes("2k"), Ok(2000));
         assert!(parse_bytes("12xb").is_err());
         assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn output_buffer_limits_parse_as_redis() {
+        let d = parse_output_buffer_limits("normal 0 0 0").unwrap();
+        assert_eq!(d.to_config_string(), "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60");
+        let d = parse_output_buffer_limits(OutputBufferLimits::DEFAULT_STR).unwrap();
+        assert_eq!(d.normal, OutputBufferLimit { hard_bytes: 1 << 30, soft_bytes: 256 << 20, soft_seconds: 60 });
+        let e = d.apply("NORMAL 2 1 1 slave 3 2 1").unwrap();
+        assert_eq!((e.normal.hard_bytes, e.replica.hard_bytes, e.pubsub), (2, 3, d.pubsub));
+        assert!(d.apply("normal 1mb").unwrap_err().starts_with("Wrong number"));
+        assert!(d.apply("").unwrap_err().starts_with("Wrong number"));
+        assert!(d.apply("master 1 1 1").unwrap_err().starts_with("Invalid client class"));
+        for bad in ["normal 1mbs 1 1", "normal 1 1x 1", "normal 1 1 x", "normal 1 1 -1", "normal -1 0 0"] {
+            assert!(d.apply(bad).unwrap_err().starts_with("Error in hard"), "{bad}");
+        }
     }
 }

@@ -41,7 +41,8 @@ pub struct Conn {
     /// Close after the replies of this read are written (QUIT, protocol error).
     pub close: bool,
     /// Close *without* writing the replies: a log failed before the writes they reveal became
-    /// durable, so nothing may be acknowledged (sync mode).
+    /// durable, so nothing may be acknowledged (sync mode), or the replies reached the hard
+    /// output buffer limit.
     pub abort: bool,
     /// Highest LSN of this shard's log that the replies being built depend on (sync mode).
     pub observed_lsn: u64,
@@ -102,8 +103,11 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     let shard = conn.shard.clone();
     let g = shard.global.clone();
     let mut parser = Parser::new(limits(conn));
-    let mut qbuf = BytesMut::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Both buffers start empty and grow with use: an idle connection holds no buffer memory
+    // beyond the stream's fixed read buffer (see `IDLE_RSS_PER_CONNECTION_BYTES_MAX` in
+    // tests/hostile_clients.rs).
+    let mut qbuf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
     let mut cmds: Vec<Vec<Bytes>> = Vec::new();
     loop {
         conn.info.borrow_mut().phase = "r";
@@ -174,7 +178,13 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             conn.info.borrow_mut().phase = "y";
             futures_lite::future::yield_now().await;
             conn.info.borrow_mut().phase = "w";
-            stream.write_all(&out).await?;
+            if !write_replies(&mut stream, &out, &g).await? {
+                tracing::warn!(
+                    client = conn.info.borrow().id,
+                    "closing client that stayed over the soft output buffer limit (client-output-buffer-limit)"
+                );
+                return Ok(());
+            }
             shard.stats.net_output_bytes.set(shard.stats.net_output_bytes.get() + out.len() as u64);
             out.clear();
         }
@@ -185,10 +195,73 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             return Ok(());
         }
         parser.set_limits(limits(conn));
-        if qbuf.capacity() - qbuf.len() < 4096 {
+        if qbuf.is_empty() {
+            // No partial command: release the buffer (its bytes may still be shared with
+            // arguments just executed); the next read allocates what it needs.
+            qbuf = BytesMut::new();
+        } else if qbuf.capacity() - qbuf.len() < 4096 {
             qbuf.reserve(16 * 1024);
         }
     }
+}
+
+/// Writes `out` to the client. Returns `Ok(false)` (the caller closes the connection) when the
+/// unwritten part stays at or over the soft output limit for longer than its soft seconds: a
+/// client that does not read its replies (Redis's `client-output-buffer-limit` soft limit).
+/// The hard limit is checked while the replies are built (`execute_all`), since the unwritten
+/// part only shrinks here.
+async fn write_replies(
+    stream: &mut TcpStream<glommio::net::Preallocated>,
+    out: &[u8],
+    g: &crate::shard::Global,
+) -> std::io::Result<bool> {
+    let limit = g.client_output_buffer_limit.normal();
+    let mut written = 0;
+    let mut over_since: Option<std::time::Instant> = None;
+    while written < out.len() {
+        let rest = &out[written..];
+        let n = if limit.soft_bytes > 0 && rest.len() as u64 >= limit.soft_bytes {
+            let since = *over_since.get_or_insert_with(std::time::Instant::now);
+            let allowed = std::time::Duration::from_secs(limit.soft_seconds);
+            let Some(left) = allowed.checked_sub(since.elapsed()).filter(|d| !d.is_zero()) else {
+                return Ok(false);
+            };
+            let write = async { Some(stream.write(rest).await) };
+            let expire = async {
+                glommio::timer::sleep(left).await;
+                None
+            };
+            match futures_lite::future::or(write, expire).await {
+                Some(r) => r?,
+                None => return Ok(false),
+            }
+        } else {
+            over_since = None;
+            stream.write(rest).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(true)
+}
+
+/// True (and the connection is to close without its replies) when `pending_bytes` of replies
+/// reached the hard output limit (`client-output-buffer-limit normal <hard>`), as Redis closes
+/// such a client without writing what it has buffered.
+fn over_hard_output_limit(conn: &mut Conn, pending_bytes: usize) -> bool {
+    let hard_bytes = conn.shard.global.client_output_buffer_limit.normal().hard_bytes;
+    if hard_bytes == 0 || (pending_bytes as u64) < hard_bytes {
+        return false;
+    }
+    tracing::warn!(
+        client = conn.info.borrow().id,
+        bytes = pending_bytes,
+        "closing client that reached the hard output buffer limit (client-output-buffer-limit)"
+    );
+    conn.abort = true;
+    true
 }
 
 /// What a reply must wait for on this shard's log: in `sync` mode, the highest LSN the replies
@@ -220,7 +293,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
     let mut processed = 0u64;
     let mut last_cmd = "NULL";
     for args in cmds.iter_mut() {
-        if conn.close || conn.abort {
+        if conn.close || conn.abort || over_hard_output_limit(conn, out.len() + round.local.len()) {
             break;
         }
         let Some(spec) = cmd::lookup(&args[0]) else {
@@ -274,6 +347,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
         }
     }
     conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
+    over_hard_output_limit(conn, out.len());
     let s = &shard.stats.commands_processed;
     s.set(s.get() + processed);
     conn.info.borrow_mut().last_cmd = last_cmd;

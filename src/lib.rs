@@ -17,6 +17,7 @@
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
 //! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |
+//! | [`fuzzing`] | bodies of the `cargo fuzz` targets (parser, commands, WAL scan, snapshot load), shared with the corpus replay test |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod conn;
 pub mod coord;
 pub mod error;
+pub mod fuzzing;
 pub mod resp;
 pub mod server;
 pub mod shard;

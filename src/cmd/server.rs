@@ -542,6 +542,7 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("maxclients", g.maxclients.load(Ordering::Relaxed).to_string(), true),
         ("proto-max-bulk-len", g.proto_max_bulk_len.load(Ordering::Relaxed).to_string(), true),
         ("client-query-buffer-limit", g.client_query_buffer_limit.load(Ordering::Relaxed).to_string(), true),
+        ("client-output-buffer-limit", g.client_output_buffer_limit.get().to_config_string(), true),
         ("maxmemory", "0".into(), false),
         ("maxmemory-policy", "noeviction".into(), false),
         // Redis's save points are "seconds changes"; the interval skips a snapshot when nothing
@@ -605,6 +606,23 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                     ));
                 }
                 let value = String::from_utf8_lossy(&kv[1]);
+                if *pname == "client-output-buffer-limit" {
+                    // Applied on top of the current classes, or of an update earlier in this
+                    // same CONFIG SET.
+                    let base = updates.iter().rev().find_map(|u| match u {
+                        ConfigUpdate::OutputLimits(l) => Some(*l),
+                        ConfigUpdate::Number(..) => None,
+                    });
+                    match base.unwrap_or_else(|| conn.shard.global.client_output_buffer_limit.get()).apply(&value) {
+                        Ok(l) => updates.push(ConfigUpdate::OutputLimits(l)),
+                        Err(why) => {
+                            return out.error(&format!(
+                                "ERR CONFIG SET failed (possibly related to argument '{pname}') - {why}"
+                            ))
+                        }
+                    }
+                    continue;
+                }
                 // Redis's bounds and messages, except proto-max-bulk-len's upper bound: the
                 // largest value a WAL record can hold.
                 let (parsed, min, max, unparsable) = match *pname {
@@ -633,14 +651,15 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                 if v < min || v > max {
                     return out.error(&failed(format!("must be between {min} and {max} inclusive")));
                 }
-                updates.push((*pname, v as usize));
+                updates.push(ConfigUpdate::Number(pname, v as usize));
             }
             let g = &conn.shard.global;
-            for (name, v) in updates {
-                match name {
-                    "maxclients" => g.maxclients.store(v, Ordering::Relaxed),
-                    "proto-max-bulk-len" => g.proto_max_bulk_len.store(v, Ordering::Relaxed),
-                    _ => g.client_query_buffer_limit.store(v, Ordering::Relaxed),
+            for u in updates {
+                match u {
+                    ConfigUpdate::Number("maxclients", v) => g.maxclients.store(v, Ordering::Relaxed),
+                    ConfigUpdate::Number("proto-max-bulk-len", v) => g.proto_max_bulk_len.store(v, Ordering::Relaxed),
+                    ConfigUpdate::Number(_, v) => g.client_query_buffer_limit.store(v, Ordering::Relaxed),
+                    ConfigUpdate::OutputLimits(l) => g.client_output_buffer_limit.set(l),
                 }
             }
             out.ok();
@@ -654,6 +673,12 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
         "help" => help(out, "CONFIG", &["GET <pattern>", "SET <directive> <value>", "RESETSTAT", "REWRITE", "HELP"]),
         _ => unreachable_sub(out),
     }
+}
+
+/// One checked CONFIG SET change, applied once every argument is valid.
+enum ConfigUpdate {
+    Number(&'static str, usize),
+    OutputLimits(crate::config::OutputBufferLimits),
 }
 
 /// Smallest `proto-max-bulk-len` and `client-query-buffer-limit` CONFIG SET accepts (Redis's).

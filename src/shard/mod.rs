@@ -84,6 +84,8 @@ pub struct Global {
     /// Per shard: Unix seconds when its last successful snapshot ended (the start time until
     /// then). LASTSAVE is the minimum: the last time every shard had a snapshot.
     pub shard_lastsave_s: Vec<AtomicU64>,
+    /// `client-output-buffer-limit` (CONFIG SET changes it).
+    pub client_output_buffer_limit: crate::config::OutputLimitCell,
 }
 
 /// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
@@ -112,6 +114,7 @@ impl Global {
             bgsave_in_progress: AtomicBool::new(false),
             last_save_ok: AtomicBool::new(true),
             shard_lastsave_s: (0..shards).map(|_| AtomicU64::new(crate::store::now_ms() / 1000)).collect(),
+            client_output_buffer_limit: crate::config::OutputLimitCell::new(config.client_output_buffer_limit),
             shards,
             config,
         }

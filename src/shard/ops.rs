@@ -126,7 +126,14 @@ pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> (Respon
     let mut ends = Vec::with_capacity(cmds.len());
     let mut store = shard.store.borrow_mut();
     let mut observed = 0;
+    let hard_bytes = shard.global.client_output_buffer_limit.normal().hard_bytes;
     for args in cmds {
+        // Replies at the client's hard output limit close its connection without replies
+        // (`conn`): as Redis does for a client over its limit, run nothing more for it.
+        if hard_bytes > 0 && out.len() as u64 >= hard_bytes {
+            ends.push(out.len());
+            continue;
+        }
         let mut w = ReplyWriter::new(&mut out, proto);
         match cmd::lookup(&args[0]) {
             Some(spec) => {

@@ -117,6 +117,49 @@ pub fn remove_temp_files(dir: &Path) -> Result<u64, RecoverError> {
     Ok(removed)
 }
 
+/// Inserts the entries of snapshot bytes `b` (already checked with [`format::verify`]) into
+/// `store`: those for which `keep` is true and that have not expired at `now_ms`. Returns how
+/// many were inserted.
+///
+/// The bytes are untrusted: every chunk frame is re-checked and every archive goes through
+/// rkyv's checked access, so an archive that fails bytecheck despite its checksum is an error,
+/// not undefined behaviour. On error, returns the corruption and how many entries were already
+/// inserted (the caller removes them). Uncompressed payloads are read in place when `b` is
+/// 16-byte aligned (a mapping is), else copied. This is also the body of the `snapshot_load`
+/// fuzz target ([`crate::fuzzing`]).
+pub fn insert_entries(
+    b: &[u8],
+    store: &mut Store,
+    now_ms: u64,
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> Result<u64, (format::Corrupt, u64)> {
+    let mut scratch = AlignedVec::new();
+    let mut keys = 0u64;
+    for chunk in format::chunks(b) {
+        let loaded = chunk.and_then(|c| {
+            let entries = format::entries(&c, &mut scratch)?;
+            for (i, e) in entries.iter().enumerate() {
+                // The bucket of the key PREFETCH_AHEAD entries on is fetched while this one is
+                // inserted (most of a load is waiting for those slots).
+                if let Some(ahead) = entries.get(i + PREFETCH_AHEAD) {
+                    store.prefetch(ahead.key_bytes());
+                }
+                let (k, v, t) = (e.key_bytes(), e.value_bytes(), e.expire_at());
+                if t.is_some_and(|t| t <= now_ms) || !keep(k) {
+                    continue;
+                }
+                store.put(Entry::new(k, v, t), now_ms);
+                keys += 1;
+            }
+            Ok(())
+        });
+        if let Err(c) = loaded {
+            return Err((c, keys));
+        }
+    }
+    Ok(keys)
+}
+
 /// Why one file could not be loaded (the next older one is tried).
 enum Unusable {
     Corrupt(format::Corrupt),
@@ -158,35 +201,12 @@ pub fn load_newest(
             // allocate more buckets than it could hold entries.
             let expected = summary.entries.min(b.len() as u64 / 16);
             store.reserve(usize::try_from(expected).unwrap_or(usize::MAX));
-            let mut scratch = AlignedVec::new();
-            let mut keys = 0u64;
-            let mut inserted_any = false;
-            for chunk in format::chunks(b) {
-                let loaded = chunk.and_then(|c| {
-                    let entries = format::entries(&c, &mut scratch)?;
-                    for (i, e) in entries.iter().enumerate() {
-                        // The bucket of the key PREFETCH_AHEAD entries on is fetched while this
-                        // one is inserted (most of a load is waiting for those slots).
-                        if let Some(ahead) = entries.get(i + PREFETCH_AHEAD) {
-                            store.prefetch(ahead.key_bytes());
-                        }
-                        let (k, v, t) = (e.key_bytes(), e.value_bytes(), e.expire_at());
-                        if t.is_some_and(|t| t <= now_ms) || !keep(k) {
-                            continue;
-                        }
-                        store.put(Entry::new(k, v, t), now_ms);
-                        keys += 1;
-                        inserted_any = true;
-                    }
-                    Ok(())
-                });
-                if let Err(c) = loaded {
-                    if inserted_any {
-                        undo(store);
-                    }
-                    return Err(Unusable::Corrupt(c));
+            let keys = insert_entries(b, store, now_ms, keep).map_err(|(c, inserted)| {
+                if inserted > 0 {
+                    undo(store);
                 }
-            }
+                Unusable::Corrupt(c)
+            })?;
             Ok(Loaded {
                 lsn,
                 path: path.clone(),
