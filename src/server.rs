@@ -42,6 +42,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CRON_INTERVAL_MS: u64 = 100;
 /// Time budget of active expiry per cron tick.
 pub const EXPIRE_BUDGET_US: u64 = 2_000;
+/// Time budget of eviction per cron tick (after a lowered limit; writes evict for themselves).
+pub const EVICT_BUDGET_US: u64 = 2_000;
 /// Time budget of incremental rehashing per cron tick.
 pub const REHASH_BUDGET_US: u64 = 1_000;
 
@@ -353,6 +355,9 @@ async fn shard_main(
         None => (None, None),
     };
     let mut store = Store::new(rand::random());
+    // The limit holds during recovery too: a data directory larger than it is evicted as it
+    // loads.
+    global.apply_eviction(&mut store);
     let (wal, snapshots, stats) = match &plan {
         None => (None, None, RecoveryStats::default()),
         Some(p) => match recover(id, n, &global.config, p, &mut store).await {
@@ -462,6 +467,15 @@ async fn recover(
         flush_interval_ms: config.wal_flush_interval_ms,
     };
     let wal = ShardLog::new(cfg, next_lsn);
+    // Keys evicted while loading are logged as deletions, so a later recovery (perhaps with a
+    // higher limit) does not bring them back. A new generation holds only what is left anyway.
+    let evicted = store.take_recovery_evictions();
+    if !rewrite && !evicted.is_empty() {
+        tracing::info!(shard = id, keys = evicted.len(), "evicted during recovery: over --maxmemory");
+        for k in &evicted {
+            wal.append(&Record::Del { key: k });
+        }
+    }
     if rewrite {
         // A new generation: write the whole recovered state as its log, durably, before the
         // layout switches to it.
@@ -552,6 +566,21 @@ async fn cron(shard: Rc<Shard>) {
                 }
             }
             if seen == 0 || removed * 10 < seen || start.elapsed() > Duration::from_micros(EXPIRE_BUDGET_US) {
+                break;
+            }
+        }
+        // Eviction: a lowered limit (CONFIG SET) is reached without waiting for writes.
+        shard.global.apply_eviction(&mut store);
+        let start = Instant::now();
+        while store.over_limit(0) && start.elapsed() < Duration::from_micros(EVICT_BUDGET_US) {
+            expired.clear();
+            let fits = store.evict(0, crate::store::now_ms(), None, 64, &mut expired);
+            if let Some(w) = &shard.wal {
+                for k in &expired {
+                    w.append(&Record::Del { key: k });
+                }
+            }
+            if fits || expired.is_empty() {
                 break;
             }
         }

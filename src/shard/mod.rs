@@ -84,6 +84,11 @@ pub struct Global {
     /// Per shard: Unix seconds when its last successful snapshot ended (the start time until
     /// then). LASTSAVE is the minimum: the last time every shard had a snapshot.
     pub shard_lastsave_s: Vec<AtomicU64>,
+    /// `maxmemory` in bytes (0: none); each shard keeps to its share (see [`Global::shard_limit_bytes`]).
+    pub maxmemory_bytes: AtomicU64,
+    /// `maxmemory-policy`, as [`crate::store::Policy::code`].
+    pub maxmemory_policy: std::sync::atomic::AtomicU8,
+    pub maxmemory_samples: AtomicUsize,
 }
 
 /// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
@@ -112,9 +117,29 @@ impl Global {
             bgsave_in_progress: AtomicBool::new(false),
             last_save_ok: AtomicBool::new(true),
             shard_lastsave_s: (0..shards).map(|_| AtomicU64::new(crate::store::now_ms() / 1000)).collect(),
+            maxmemory_bytes: AtomicU64::new(config.maxmemory as u64),
+            maxmemory_policy: std::sync::atomic::AtomicU8::new(config.maxmemory_policy.code()),
+            maxmemory_samples: AtomicUsize::new(usize::from(config.maxmemory_samples)),
             shards,
             config,
         }
+    }
+
+    /// Each shard's share of `maxmemory` (0: no limit). Keys spread evenly by hash.
+    pub fn shard_limit_bytes(&self) -> usize {
+        match self.maxmemory_bytes.load(Ordering::Relaxed) {
+            0 => 0,
+            m => (m / self.shards as u64).max(1) as usize,
+        }
+    }
+
+    /// Brings a shard's store up to date with the eviction settings (CONFIG SET may change them).
+    pub fn apply_eviction(&self, store: &mut Store) {
+        store.set_eviction(
+            self.shard_limit_bytes(),
+            crate::store::Policy::from_code(self.maxmemory_policy.load(Ordering::Relaxed)),
+            self.maxmemory_samples.load(Ordering::Relaxed),
+        );
     }
 
     /// LASTSAVE: when every shard last had a successful snapshot (Unix seconds).
@@ -463,6 +488,7 @@ impl Shard {
 
     /// The execution context for key commands on this shard.
     pub fn exec<'a>(&'a self, store: &'a mut Store) -> crate::cmd::Exec<'a> {
+        self.global.apply_eviction(store);
         crate::cmd::Exec {
             store,
             wal: self.wal.as_deref(),

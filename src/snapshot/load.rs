@@ -161,6 +161,7 @@ pub fn load_newest(
                             continue;
                         }
                         store.put(Entry::new(k, v, t), now_ms);
+                        store.fit_after_load(now_ms);
                         keys += 1;
                         inserted_any = true;
                     }
