@@ -286,3 +286,48 @@ impl std::fmt::Debug for Entry {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_long_keys_with_and_without_ttl_round_trip() {
+        for key_len in [0usize, 1, 15, 0xFFFE, 0xFFFF, 70_000] {
+            for ttl in [None, Some(123_456_789u64)] {
+                let key: Vec<u8> = (0..key_len).map(|i| i as u8).collect();
+                let mut e = Entry::new(&key, b"value", ttl);
+                e.set_meta(0xBEEF);
+                e.set_mark(true);
+                assert_eq!(e.key(), &key[..]);
+                assert_eq!(e.value(), b"value");
+                assert_eq!(e.expire_at_ms(), ttl);
+                assert_eq!(e.meta(), 0xBEEF);
+                assert!(e.mark());
+                let long = if key_len >= 0xFFFF { 8 } else { 0 };
+                assert_eq!(e.alloc_bytes(), 16 + long + if ttl.is_some() { 8 } else { 0 } + key_len + 5);
+                if ttl.is_some() {
+                    e.set_expire_in_place(7);
+                    assert_eq!(e.expire_at_ms(), Some(7));
+                    assert_eq!(e.key(), &key[..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_headline_entry_stays_in_the_64_byte_class() {
+        let e = Entry::new(&[b'k'; 15], &[b'v'; 32], None);
+        assert_eq!(e.alloc_bytes(), 63);
+        assert_eq!(e.held_bytes(), 64);
+    }
+
+    #[test]
+    fn allocated_bytes_follow_mimalloc_size_classes() {
+        let cases = [(1, 8), (63, 64), (64, 64), (65, 80), (81, 96), (128, 128), (129, 160), (1000, 1024), (1025, 1280)];
+        for (size, class) in cases {
+            assert_eq!(allocated_bytes(size), class, "size {size}");
+        }
+        assert_eq!(allocated_bytes((16 << 20) + 1), (16 << 20) + 65536);
+    }
+}

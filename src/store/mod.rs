@@ -1143,6 +1143,116 @@ mod tests {
         assert_eq!(keys, vec![b"kept".to_vec()]);
     }
 
+    fn filled(policy: Policy, limit: usize, keys: usize, ttl_every: usize) -> Store {
+        let mut s = Store::new(5);
+        s.set_eviction(limit, policy, 5);
+        for i in 0..keys {
+            let exp = (ttl_every > 0 && i % ttl_every == 0).then_some(1_000_000 + i as u64);
+            let k = format!("key:{i:06}");
+            let mut out = Vec::new();
+            s.evict(Entry::held_bytes_for(k.len(), 32, exp.is_some()), 0, None, usize::MAX, &mut out);
+            s.set(k.as_bytes(), &[b'v'; 32], exp, 0);
+        }
+        s
+    }
+
+    #[test]
+    fn every_evicting_policy_keeps_the_store_within_its_limit() {
+        for p in evict::POLICIES.iter().copied().filter(|p| *p != Policy::NoEviction) {
+            let s = filled(p, 64 * 1024, 20_000, 1);
+            assert!(s.live_bytes() <= 64 * 1024, "{p:?}: {} bytes", s.live_bytes());
+            assert!(s.len() > 500, "{p:?} kept only {} keys", s.len());
+            assert_eq!(s.stats().evicted_keys as usize + s.len(), 20_000, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn noeviction_and_volatile_without_ttl_keys_refuse() {
+        for p in [Policy::NoEviction, Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl] {
+            let mut s = filled(p, 16 * 1024, 2000, 0);
+            let mut out = Vec::new();
+            assert!(!s.evict(0, 0, None, usize::MAX, &mut out), "{p:?}");
+            assert!(out.is_empty());
+            assert_eq!(s.len(), 2000);
+        }
+    }
+
+    #[test]
+    fn volatile_policies_evict_only_keys_with_a_ttl() {
+        for p in [Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl] {
+            let s = filled(p, 64 * 1024, 4000, 2);
+            for i in (1..4000).step_by(2) {
+                let k = format!("key:{i:06}");
+                assert!(s.table.get(k.as_bytes()).is_some(), "{p:?} evicted {k}, which has no TTL");
+            }
+        }
+    }
+
+    #[test]
+    fn volatile_ttl_evicts_the_nearest_expiry_first() {
+        let s = filled(Policy::VolatileTtl, 96 * 1024, 3000, 1);
+        // Expiry grows with the key number: what is left is mostly the latest expiries.
+        let kept: Vec<usize> = (0..3000).filter(|i| s.table.get(format!("key:{i:06}").as_bytes()).is_some()).collect();
+        let median = kept[kept.len() / 2];
+        assert!(median > 2000, "median kept key {median}: the nearest expiries were not evicted first");
+    }
+
+    /// Hot keys read between writes survive; cold ones go. For LRU, LFU and S3-FIFO.
+    #[test]
+    fn recency_and_frequency_policies_keep_hot_keys() {
+        for p in [Policy::AllkeysLru, Policy::AllkeysLfu, Policy::AllkeysS3fifo] {
+            let mut s = Store::new(11);
+            s.set_eviction(128 * 1024, p, 5);
+            let hot: Vec<String> = (0..100).map(|i| format!("hot:{i}")).collect();
+            for k in &hot {
+                s.set(k.as_bytes(), &[b'h'; 32], None, 0);
+            }
+            for i in 0..30_000 {
+                let k = format!("cold:{i}");
+                let mut out = Vec::new();
+                s.evict(Entry::held_bytes_for(k.len(), 32, false), 0, Some(k.as_bytes()), usize::MAX, &mut out);
+                s.set(k.as_bytes(), &[b'c'; 32], None, 0);
+                if i % 10 == 0 {
+                    for h in &hot {
+                        s.get(h.as_bytes(), 0);
+                    }
+                }
+            }
+            let kept = hot.iter().filter(|k| s.table.get(k.as_bytes()).is_some()).count();
+            assert!(kept >= 95, "{p:?} kept {kept} of 100 hot keys");
+            assert!(s.live_bytes() <= 128 * 1024);
+        }
+    }
+
+    #[test]
+    fn eviction_during_a_snapshot_preserves_the_old_version() {
+        let mut s = Store::new(12);
+        for i in 0..2000 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+        }
+        let at_start = model_of(&s);
+        assert!(s.begin_snapshot());
+        s.set_eviction(s.live_bytes() / 2, Policy::AllkeysLru, 5);
+        let mut out = Vec::new();
+        assert!(s.evict(0, 0, None, usize::MAX, &mut out));
+        assert!(!out.is_empty());
+        assert!(walk(&mut s, 16, usize::MAX, |_, _| {}) == at_start);
+    }
+
+    #[test]
+    fn recovery_evictions_are_reported_only_for_keys_still_absent() {
+        let mut s = Store::new(13);
+        s.set_eviction(8 * 1024, Policy::AllkeysRandom, 5);
+        for i in 0..1000 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+            s.fit_after_load(0);
+        }
+        assert!(s.live_bytes() <= 8 * 1024);
+        let evicted = s.take_recovery_evictions();
+        assert_eq!(evicted.len() + s.len(), 1000);
+        assert!(evicted.iter().all(|k| s.table.get(k).is_none()));
+    }
+
     #[test]
     fn set_expiry_adds_and_removes_the_slot() {
         let mut s = Store::new(3);
