@@ -324,7 +324,8 @@ mod tests {
 
     #[test]
     fn allocated_bytes_follow_mimalloc_size_classes() {
-        let cases = [(1, 8), (63, 64), (64, 64), (65, 80), (81, 96), (128, 128), (129, 160), (1000, 1024), (1025, 1280)];
+        let cases =
+            [(1, 8), (63, 64), (64, 64), (65, 80), (81, 96), (128, 128), (129, 160), (1000, 1024), (1025, 1280)];
         for (size, class) in cases {
             assert_eq!(allocated_bytes(size), class, "size {size}");
         }

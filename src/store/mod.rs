@@ -202,6 +202,11 @@ impl Store {
         }
     }
 
+    /// Keys with an expiry time.
+    pub fn keys_with_ttl(&self) -> usize {
+        self.ttl_keys
+    }
+
     /// Bytes the live dataset holds: entries at their size class, buckets, the ghost.
     pub fn live_bytes(&self) -> usize {
         self.entry_bytes + self.table.bucket_bytes() + self.ev.ghost.capacity() * 2
@@ -861,7 +866,7 @@ impl Store {
         let mut found = None;
         let visits = if volatile { SAMPLE_VISITS_MAX } else { 64 };
         self.sample(1, visits, |e| {
-            let ok = !(volatile && !e.has_ttl()) && protect != Some(e.key());
+            let ok = (e.has_ttl() || !volatile) && protect != Some(e.key());
             if ok {
                 found = Some(e.key().to_vec());
             }
@@ -1168,7 +1173,9 @@ mod tests {
 
     #[test]
     fn noeviction_and_volatile_without_ttl_keys_refuse() {
-        for p in [Policy::NoEviction, Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl] {
+        for p in
+            [Policy::NoEviction, Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl]
+        {
             let mut s = filled(p, 16 * 1024, 2000, 0);
             let mut out = Vec::new();
             assert!(!s.evict(0, 0, None, usize::MAX, &mut out), "{p:?}");
