@@ -116,8 +116,9 @@ fn noeviction_refuses_writes_with_the_oom_error_and_serves_reads_and_deletes() {
     let refused = fill(s.addr, "k", 0..20_000, 100, None);
     assert!(refused > 5_000, "only {refused} writes refused past the limit");
     let used = used_memory(&mut c);
-    // Writes are refused once the limit is passed: at most one write per shard beyond it.
-    assert!(used <= 1024 * 1024 + 4 * 256, "used_memory {used}");
+    // Writes are refused once the limit is passed: each shard may pass it by its last write
+    // (and the bucket array that write's insert grew).
+    assert!(used <= 1024 * 1024 + 4 * (256 + 8 * 4096), "used_memory {used}");
     assert_eq!(evicted_keys(&mut c), 0);
     // The exact reply, raw.
     let mut raw = s.raw();
@@ -201,16 +202,18 @@ fn volatile_ttl_evicts_the_nearest_expiry_first() {
     let mut c = s.client();
     // Key i expires after (1000 + i) seconds: later keys live longer.
     let mut raw = TcpStream::connect(s.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
     for i in 0..12_000u64 {
         let k = format!("t:{i}");
         let ex = (1000 + i).to_string();
-        raw.write_all(&resp(&[b"SET", k.as_bytes(), &[b'v'; 100], b"EX", ex.as_bytes()])).unwrap();
-        if i % 500 == 499 {
-            let _: String = redis::cmd("PING").query(&mut c).unwrap();
-        }
+        buf.extend(resp(&[b"SET", k.as_bytes(), &[b'v'; 100], b"EX", ex.as_bytes()]));
     }
-    drop(raw);
-    let _: () = redis::cmd("SET").arg("sync").arg("1").arg("EX").arg(100_000).query(&mut c).unwrap();
+    raw.write_all(&buf).unwrap();
+    // Every reply is `+OK\r\n`.
+    let mut replies = vec![0u8; 12_000 * 5];
+    raw.read_exact(&mut replies).unwrap();
+    assert!(replies.chunks(5).all(|r| r == b"+OK\r\n"));
     let kept = present(&mut c, &keys("t", 12_000));
     assert!(kept.len() > 1_000 && kept.len() < 12_000);
     let oldest_kept = (0..12_000).find(|i| kept.contains(&format!("t:{i}"))).unwrap();

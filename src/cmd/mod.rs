@@ -85,14 +85,18 @@ impl Exec<'_> {
     /// then never holds both, and the deletion is durable no later than the write. The bytes
     /// of the version it replaces count as freed. Under `noeviction`, or with nothing to
     /// evict, the write goes ahead anyway: the OOM check before the command (see
-    /// [`Exec::admit`]) is what refuses writes, as in Redis.
-    pub fn make_room(&mut self, key: &[u8], incoming_bytes: usize) {
-        if !self.store.over_limit(incoming_bytes) {
+    /// [`Exec::admit`]) is what refuses writes, as in Redis. A new key also counts the bucket
+    /// array its insert may allocate.
+    pub fn make_room(&mut self, key: &[u8], entry_bytes: usize) {
+        if self.store.eviction().0 == 0 {
             return;
         }
-        let replaced = self.store.held_bytes_of(key);
+        let incoming = self.store.incoming_bytes(key, entry_bytes);
+        if !self.store.over_limit(incoming) {
+            return;
+        }
         let mut evicted = Vec::new();
-        self.store.evict(incoming_bytes.saturating_sub(replaced), self.now_ms, Some(key), usize::MAX, &mut evicted);
+        self.store.evict(incoming, self.now_ms, Some(key), usize::MAX, &mut evicted);
         for k in &evicted {
             self.log(Record::Del { key: k });
         }

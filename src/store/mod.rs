@@ -720,9 +720,14 @@ impl Store {
         (self.ev.limit_bytes, self.ev.policy)
     }
 
-    /// Bytes the entry of `key` holds (0 if absent), without counting as an access.
-    pub fn held_bytes_of(&self, key: &[u8]) -> usize {
-        self.table.get(key).map_or(0, Entry::held_bytes)
+    /// What storing an entry of `entry_bytes` for `key` adds: its bytes, less the version it
+    /// replaces, or plus the bucket array a new key's insert would allocate to grow the table.
+    /// Looked up without counting as an access.
+    pub fn incoming_bytes(&self, key: &[u8], entry_bytes: usize) -> usize {
+        match self.table.get(key) {
+            Some(old) => entry_bytes.saturating_sub(old.held_bytes()),
+            None => entry_bytes + self.table.growth_bytes_on_insert(),
+        }
     }
 
     /// Whether the live bytes plus `incoming_bytes` exceed the limit.
