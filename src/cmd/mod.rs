@@ -80,7 +80,7 @@ impl Exec<'_> {
         }
     }
 
-    /// Evicts (by the store's policy) until an entry of `incoming_bytes` for `key` fits the
+    /// Evicts (by the store's policy) until an entry of `entry_bytes` for `key` fits the
     /// limit, logging each eviction as a deletion *before* the write that caused it: replay
     /// then never holds both, and the deletion is durable no later than the write. The bytes
     /// of the version it replaces count as freed. Under `noeviction`, or with nothing to
