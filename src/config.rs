@@ -110,6 +110,22 @@ pub struct Config {
     /// docs/OPERATIONS.md.
     #[arg(long = "client-output-buffer-limit", default_value = OutputBufferLimits::DEFAULT_STR, value_parser = parse_output_buffer_limits)]
     pub client_output_buffer_limit: OutputBufferLimits,
+    /// Memory limit for the data (keys, values, table, eviction metadata), split evenly across
+    /// shards; 0: no limit. Units as for sizes (`64mb`, `2gb`). See docs/EVICTION.md.
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub maxmemory: usize,
+
+    /// What to do at the limit: `noeviction` (writes get an OOM error), `allkeys-lru`,
+    /// `allkeys-lfu`, `allkeys-random`, `volatile-lru`, `volatile-lfu`, `volatile-random`,
+    /// `volatile-ttl` (Redis's, sampled as Redis does), or `allkeys-s3fifo` (ours: better hit
+    /// ratios on skewed workloads, scan-resistant; see docs/EVICTION.md).
+    #[arg(long = "maxmemory-policy", value_enum, default_value = "allkeys-s3fifo")]
+    pub maxmemory_policy: crate::store::Policy,
+
+    /// Keys sampled per eviction, 1 to 64 (Redis's maxmemory-samples): more is closer to the
+    /// exact policy and costs more per eviction.
+    #[arg(long = "maxmemory-samples", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub maxmemory_samples: u16,
 }
 
 /// `--recovery` values (see [`crate::wal::RecoveryMode`]).

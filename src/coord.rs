@@ -80,6 +80,12 @@ async fn run_locked(
             }
         }
     }
+    if spec.denies_oom() {
+        let admit = parts(shard, tx, by_shard.keys().map(|&s| (s, PartOp::Admit)).collect()).await;
+        if let Some(r) = refused(&admit) {
+            return out.error(&r);
+        }
+    }
     match spec.name {
         "mget" => {
             let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Mget(idx.iter().map(|&i| key(i)).collect())));

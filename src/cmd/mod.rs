@@ -32,6 +32,7 @@ pub mod err {
     pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
     pub const NO_SUCH_KEY: &str = "ERR no such key";
     pub const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+    pub const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 }
 
 /// What a key command gets to work with: one shard's store, its log, the time, and limits.
@@ -79,9 +80,50 @@ impl Exec<'_> {
         }
     }
 
+    /// Evicts (by the store's policy) until an entry of `entry_bytes` for `key` fits the
+    /// limit, logging each eviction as a deletion *before* the write that caused it: replay
+    /// then never holds both, and the deletion is durable no later than the write. The bytes
+    /// of the version it replaces count as freed. Under `noeviction`, or with nothing to
+    /// evict, the write goes ahead anyway: the OOM check before the command (see
+    /// [`Exec::admit`]) is what refuses writes, as in Redis. A new key also counts the bucket
+    /// array its insert may allocate.
+    pub fn make_room(&mut self, key: &[u8], entry_bytes: usize) {
+        if self.store.eviction().0 == 0 {
+            return;
+        }
+        let incoming = self.store.incoming_bytes(key, entry_bytes);
+        if !self.store.over_limit(incoming) {
+            return;
+        }
+        let mut evicted = Vec::new();
+        self.store.evict(incoming, self.now_ms, Some(key), usize::MAX, &mut evicted);
+        for k in &evicted {
+            self.log(Record::Del { key: k });
+        }
+    }
+
+    /// The OOM check before a command that may add memory (`denyoom`): evicts down to the
+    /// limit; false when the store stays over it (`noeviction`, or a volatile policy with no
+    /// key with an expiry).
+    pub fn admit(&mut self) -> bool {
+        if !self.store.over_limit(0) {
+            return true;
+        }
+        let mut evicted = Vec::new();
+        let fits = self.store.evict(0, self.now_ms, None, usize::MAX, &mut evicted);
+        for k in &evicted {
+            self.log(Record::Del { key: k });
+        }
+        fits
+    }
+
     /// Stores `key = value` with `expire_at_ms`; an expiry not in the future deletes the key
-    /// instead (as Redis does for `SET ... EXAT <past>`).
+    /// instead (as Redis does for `SET ... EXAT <past>`). Room is made before the entry is
+    /// built, so a large value never sits beside the data it displaces.
     pub fn write_set(&mut self, key: &[u8], value: &[u8], expire_at_ms: Option<u64>) {
+        if expire_at_ms.is_none_or(|t| t > self.now_ms) {
+            self.make_room(key, Entry::held_bytes_for(key.len(), value.len(), expire_at_ms.is_some()));
+        }
         self.write_entry(Entry::new(key, value, expire_at_ms));
     }
 
@@ -92,6 +134,7 @@ impl Exec<'_> {
             self.write_del(&key);
             return;
         }
+        self.make_room(entry.key(), entry.held_bytes());
         self.log(Record::Set { key: entry.key(), value: entry.value(), expire_at_ms: entry.expire_at_ms() });
         self.store.put(entry, self.now_ms);
     }
@@ -146,6 +189,9 @@ pub fn int_arg(arg: &[u8]) -> Result<i64, &'static str> {
 pub fn execute_keyed(spec: &CommandSpec, args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| spec.is_write()) {
         return out.error(&refusal);
+    }
+    if spec.denies_oom() && !cx.admit() {
+        return out.error(err::OOM);
     }
     match spec.name {
         "get" => strings::get(args, cx, out),

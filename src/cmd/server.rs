@@ -543,8 +543,13 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("proto-max-bulk-len", g.proto_max_bulk_len.load(Ordering::Relaxed).to_string(), true),
         ("client-query-buffer-limit", g.client_query_buffer_limit.load(Ordering::Relaxed).to_string(), true),
         ("client-output-buffer-limit", g.client_output_buffer_limit.get().to_config_string(), true),
-        ("maxmemory", "0".into(), false),
-        ("maxmemory-policy", "noeviction".into(), false),
+        ("maxmemory", g.maxmemory_bytes.load(Ordering::Relaxed).to_string(), true),
+        (
+            "maxmemory-policy",
+            crate::store::Policy::from_code(g.maxmemory_policy.load(Ordering::Relaxed)).name().into(),
+            true,
+        ),
+        ("maxmemory-samples", g.maxmemory_samples.load(Ordering::Relaxed).to_string(), true),
         // Redis's save points are "seconds changes"; the interval skips a snapshot when nothing
         // was logged since the last one, so "N 1" says the same.
         (
@@ -623,6 +628,13 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                     }
                     continue;
                 }
+                if *pname == "maxmemory-policy" {
+                    match crate::store::Policy::parse(&value) {
+                        Some(p) => updates.push(ConfigUpdate::Number(pname, usize::from(p.code()))),
+                        None => return out.error(&crate::store::evict::config_set_policy_error()),
+                    }
+                    continue;
+                }
                 // Redis's bounds and messages, except proto-max-bulk-len's upper bound: the
                 // largest value a WAL record can hold.
                 let (parsed, min, max, unparsable) = match *pname {
@@ -634,6 +646,18 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                         CONFIG_MIN_MEMORY_BYTES,
                         crate::config::PROTO_MAX_BULK_LEN_MAX as u64,
                         "must be a memory value",
+                    ),
+                    "maxmemory" => (
+                        crate::config::parse_bytes(&value).ok().map(|v| v as u64),
+                        0,
+                        i64::MAX as u64,
+                        "must be a memory value",
+                    ),
+                    "maxmemory-samples" => (
+                        value.parse::<u64>().ok(),
+                        1,
+                        crate::store::evict::MAX_SAMPLES as u64,
+                        "couldn't be parsed into an integer",
                     ),
                     _ => (
                         crate::config::parse_bytes(&value).ok().map(|v| v as u64),
@@ -658,6 +682,9 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                 match u {
                     ConfigUpdate::Number("maxclients", v) => g.maxclients.store(v, Ordering::Relaxed),
                     ConfigUpdate::Number("proto-max-bulk-len", v) => g.proto_max_bulk_len.store(v, Ordering::Relaxed),
+                    ConfigUpdate::Number("maxmemory", v) => g.maxmemory_bytes.store(v as u64, Ordering::Relaxed),
+                    ConfigUpdate::Number("maxmemory-policy", v) => g.maxmemory_policy.store(v as u8, Ordering::Relaxed),
+                    ConfigUpdate::Number("maxmemory-samples", v) => g.maxmemory_samples.store(v, Ordering::Relaxed),
                     ConfigUpdate::Number(_, v) => g.client_query_buffer_limit.store(v, Ordering::Relaxed),
                     ConfigUpdate::OutputLimits(l) => g.client_output_buffer_limit.set(l),
                 }
@@ -737,6 +764,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             total.store.keys_with_ttl += r.store.keys_with_ttl;
             total.store.used_bytes += r.store.used_bytes;
             total.store.expired_keys += r.store.expired_keys;
+            total.store.evicted_keys += r.store.evicted_keys;
             total.store.keyspace_hits += r.store.keyspace_hits;
             total.store.keyspace_misses += r.store.keyspace_misses;
             total.commands_processed += r.commands_processed;
@@ -784,15 +812,20 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
     );
     let rss = rss_bytes();
     let used = total.store.used_bytes;
+    let maxmemory = g.maxmemory_bytes.load(Ordering::Relaxed);
     section(
         "memory",
         format!(
             "used_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\n\
-             used_memory_dataset:{used}\r\nbytes_per_key:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n\
-             maxmemory_policy:noeviction\r\nmem_allocator:mimalloc\r\n",
+             used_memory_dataset:{used}\r\nbytes_per_key:{}\r\nmaxmemory:{maxmemory}\r\nmaxmemory_human:{}\r\n\
+             maxmemory_policy:{}\r\nmaxmemory_samples:{}\r\nevicted_keys:{}\r\nmem_allocator:mimalloc\r\n",
             human(used),
             human(rss),
             used.checked_div(total.store.keys).unwrap_or(0),
+            human(maxmemory),
+            crate::store::Policy::from_code(g.maxmemory_policy.load(Ordering::Relaxed)).name(),
+            g.maxmemory_samples.load(Ordering::Relaxed),
+            total.store.evicted_keys,
         ),
     );
     section("persistence", persistence(&g, &wals, &snaps));
@@ -800,7 +833,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
         "stats",
         format!(
             "total_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\n\
-             total_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:0\r\n\
+             total_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\
              keyspace_hits:{}\r\nkeyspace_misses:{}\r\n",
             g.total_connections_received.load(Ordering::Relaxed),
             total.commands_processed,
@@ -808,6 +841,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             total.net_output_bytes,
             g.rejected_connections.load(Ordering::Relaxed),
             total.store.expired_keys,
+            total.store.evicted_keys,
             total.store.keyspace_hits,
             total.store.keyspace_misses,
         ),

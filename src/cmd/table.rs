@@ -44,6 +44,12 @@ impl CommandSpec {
         self.flags.contains(&"write")
     }
 
+    /// Whether the command may add memory: refused with the OOM error when the store is over
+    /// `maxmemory` and nothing can be evicted (Redis's `denyoom`).
+    pub fn denies_oom(&self) -> bool {
+        self.flags.contains(&"denyoom")
+    }
+
     pub fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i32;
         if self.arity >= 0 {

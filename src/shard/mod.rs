@@ -86,6 +86,11 @@ pub struct Global {
     pub shard_lastsave_s: Vec<AtomicU64>,
     /// `client-output-buffer-limit` (CONFIG SET changes it).
     pub client_output_buffer_limit: crate::config::OutputLimitCell,
+    /// `maxmemory` in bytes (0: none); each shard keeps to its share (see [`Global::shard_limit_bytes`]).
+    pub maxmemory_bytes: AtomicU64,
+    /// `maxmemory-policy`, as [`crate::store::Policy::code`].
+    pub maxmemory_policy: std::sync::atomic::AtomicU8,
+    pub maxmemory_samples: AtomicUsize,
 }
 
 /// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
@@ -115,9 +120,29 @@ impl Global {
             last_save_ok: AtomicBool::new(true),
             shard_lastsave_s: (0..shards).map(|_| AtomicU64::new(crate::store::now_ms() / 1000)).collect(),
             client_output_buffer_limit: crate::config::OutputLimitCell::new(config.client_output_buffer_limit),
+            maxmemory_bytes: AtomicU64::new(config.maxmemory as u64),
+            maxmemory_policy: std::sync::atomic::AtomicU8::new(config.maxmemory_policy.code()),
+            maxmemory_samples: AtomicUsize::new(usize::from(config.maxmemory_samples)),
             shards,
             config,
         }
+    }
+
+    /// Each shard's share of `maxmemory` (0: no limit). Keys spread evenly by hash.
+    pub fn shard_limit_bytes(&self) -> usize {
+        match self.maxmemory_bytes.load(Ordering::Relaxed) {
+            0 => 0,
+            m => (m / self.shards as u64).max(1) as usize,
+        }
+    }
+
+    /// Brings a shard's store up to date with the eviction settings (CONFIG SET may change them).
+    pub fn apply_eviction(&self, store: &mut Store) {
+        store.set_eviction(
+            self.shard_limit_bytes(),
+            crate::store::Policy::from_code(self.maxmemory_policy.load(Ordering::Relaxed)),
+            self.maxmemory_samples.load(Ordering::Relaxed),
+        );
     }
 
     /// LASTSAVE: when every shard last had a successful snapshot (Unix seconds).
@@ -466,6 +491,7 @@ impl Shard {
 
     /// The execution context for key commands on this shard.
     pub fn exec<'a>(&'a self, store: &'a mut Store) -> crate::cmd::Exec<'a> {
+        self.global.apply_eviction(store);
         crate::cmd::Exec {
             store,
             wal: self.wal.as_deref(),

@@ -26,6 +26,9 @@ pub enum PartOp {
     Take(Bytes),
     /// Store a key with an absolute expiry (RENAME's destination).
     Put { key: Bytes, value: Vec<u8>, expire_at_ms: Option<u64> },
+    /// The OOM check of a command that may add memory, before any part of it runs: evict down
+    /// to the limit, or refuse (see `Exec::admit`).
+    Admit,
 }
 
 pub enum PartResult {
@@ -155,7 +158,7 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
     }
     let mut store = shard.store.borrow_mut();
     let mut cx = exec(shard, &mut store);
-    let writes = !matches!(op, PartOp::Mget(_) | PartOp::Exists(_));
+    let writes = !matches!(op, PartOp::Mget(_) | PartOp::Exists(_) | PartOp::Admit);
     if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| writes) {
         return (PartResult::Refused(refusal), 0);
     }
@@ -176,6 +179,10 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
             cx.write_entry(Entry::new(&key, &value, expire_at_ms));
             PartResult::Done
         }
+        PartOp::Admit => match cx.admit() {
+            true => PartResult::Done,
+            false => PartResult::Refused(cmd::err::OOM.to_string()),
+        },
     };
     (r, cx.observed_lsn)
 }

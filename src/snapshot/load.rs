@@ -149,6 +149,8 @@ pub fn insert_entries(
                     continue;
                 }
                 store.put(Entry::new(k, v, t), now_ms);
+                // Above --maxmemory (lowered since the snapshot), evict while loading.
+                store.fit_after_load(now_ms);
                 keys += 1;
             }
             Ok(())

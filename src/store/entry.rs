@@ -3,16 +3,23 @@
 //! ```text
 //! offset  size  field
 //! 0       8     next        pointer to the next entry in the bucket chain (or null)
-//! 8       4     key_len     bit 31: entry has an expiry time; bits 0..31: key length
-//! 12      4     value_len   bit 31: snapshot mark (see `crate::snapshot`); bits 0..31: length
-//! 16      8     expire_at   absolute Unix time in ms; present only when bit 31 is set
-//! 16|24   k     key bytes
+//! 8       2     key_len     key length; 0xFFFF: a long key, whose length is in `long_len`
+//! 10      2     meta        eviction metadata (`crate::store::evict`): recency, frequency
+//! 12      4     value_len   bit 31: snapshot mark (see `crate::snapshot`); bit 30: entry has an
+//!                           expiry time; bits 0..30: length
+//! 16      8     long_len    key length; present only for keys of 0xFFFF bytes or more
+//! ..      8     expire_at   absolute Unix time in ms; present only when bit 30 is set
+//! ..      k     key bytes
 //! ..      v     value bytes
 //! ```
 //!
 //! A 15-byte key with a 32-byte value takes 63 bytes, one 64-byte allocator size class, plus
 //! an 8-byte bucket slot: this is where the small bytes/key figure comes from (see
 //! `docs/PERFORMANCE.md`). Entries without a TTL pay nothing for expiry.
+//!
+//! The 16 bits of `meta` come from the key length: keys are almost always short, so 16 bits
+//! hold their length and the rare key of 64 KiB or more pays 8 bytes for a `long_len` slot.
+//! Eviction metadata thus costs no byte per entry (see `docs/EVICTION.md`).
 //!
 //! Safety: an `Entry` uniquely owns its allocation and, through the `next` slot, the rest of
 //! its chain. All unsafe code is in this file: pointer arithmetic over a layout computed in one
@@ -22,12 +29,16 @@ use std::alloc::{alloc, dealloc, Layout};
 use std::ptr::NonNull;
 
 const HEADER: usize = 16;
-const TTL_FLAG: u32 = 1 << 31;
-/// Bit 31 of `value_len`: the snapshot mark. Lengths are below 2^31, so the bit was free; using
+/// Bit 30 of `value_len`: the entry has an expiry slot.
+const TTL_FLAG: u32 = 1 << 30;
+/// Bit 31 of `value_len`: the snapshot mark. Lengths are below 2^30, so the bit was free; using
 /// it keeps the entry at 16 bytes of header (bytes/key is the figure a cache lives by).
 const MARK_FLAG: u32 = 1 << 31;
-/// Largest key or value an entry can hold (31-bit length; RESP limits are far below).
-pub const MAX_LEN: usize = (1 << 31) - 1;
+const LEN_MASK: u32 = TTL_FLAG - 1;
+/// `key_len` of a long key: the length is in the `long_len` slot.
+const LONG_KEY: u16 = u16::MAX;
+/// Largest key or value an entry can hold (30-bit length; the protocol's 512 MiB is below).
+pub const MAX_LEN: usize = (1 << 30) - 1;
 
 /// An owned entry. `repr(transparent)` over a non-null pointer, so `Option<Entry>` is one
 /// pointer wide and the `next` slot inside the allocation *is* an `Option<Entry>`: a bucket
@@ -40,8 +51,13 @@ pub struct Entry {
 // Entries are plain bytes owned uniquely; moving one to another thread is sound.
 unsafe impl Send for Entry {}
 
+/// Bytes before the key: header, `long_len` slot, expiry slot.
+fn key_offset(key_len: usize, has_ttl: bool) -> usize {
+    HEADER + if key_len >= LONG_KEY as usize { 8 } else { 0 } + if has_ttl { 8 } else { 0 }
+}
+
 fn layout(key_len: usize, value_len: usize, has_ttl: bool) -> Layout {
-    let size = HEADER + if has_ttl { 8 } else { 0 } + key_len + value_len;
+    let size = key_offset(key_len, has_ttl) + key_len + value_len;
     // Alignment 8 keeps `next` and `expire_at` aligned. Sizes are bounded by MAX_LEN * 2.
     Layout::from_size_align(size, 8).expect("entry layout")
 }
@@ -72,12 +88,17 @@ impl Entry {
         // SAFETY: `raw` points to `lay.size()` writable bytes, 8-aligned.
         unsafe {
             (raw as *mut Option<Entry>).write(None);
-            let kl = key.len() as u32 | if has_ttl { TTL_FLAG } else { 0 };
-            (raw.add(8) as *mut u32).write(kl);
-            (raw.add(12) as *mut u32).write(value_len as u32);
+            let long = key.len() >= LONG_KEY as usize;
+            (raw.add(8) as *mut u16).write(if long { LONG_KEY } else { key.len() as u16 });
+            (raw.add(10) as *mut u16).write(0);
+            (raw.add(12) as *mut u32).write(value_len as u32 | if has_ttl { TTL_FLAG } else { 0 });
             let mut off = HEADER;
+            if long {
+                (raw.add(off) as *mut u64).write(key.len() as u64);
+                off += 8;
+            }
             if let Some(t) = expire_at_ms {
-                (raw.add(16) as *mut u64).write(t);
+                (raw.add(off) as *mut u64).write(t);
                 off += 8;
             }
             std::ptr::copy_nonoverlapping(key.as_ptr(), raw.add(off), key.len());
@@ -87,21 +108,49 @@ impl Entry {
         Entry { ptr }
     }
 
-    fn key_len_raw(&self) -> u32 {
+    fn key_len_raw(&self) -> u16 {
         // SAFETY: header is initialized for every live entry.
-        unsafe { (self.ptr.as_ptr().add(8) as *const u32).read() }
+        unsafe { (self.ptr.as_ptr().add(8) as *const u16).read() }
     }
 
     pub fn has_ttl(&self) -> bool {
-        self.key_len_raw() & TTL_FLAG != 0
+        self.value_len_raw() & TTL_FLAG != 0
     }
 
     fn key_offset(&self) -> usize {
-        HEADER + if self.has_ttl() { 8 } else { 0 }
+        key_offset(self.key_len(), self.has_ttl())
+    }
+
+    /// Offset of the expiry slot (when present).
+    fn expire_offset(&self) -> usize {
+        HEADER + if self.key_len_raw() == LONG_KEY { 8 } else { 0 }
     }
 
     pub fn key_len(&self) -> usize {
-        (self.key_len_raw() & !TTL_FLAG) as usize
+        match self.key_len_raw() {
+            // SAFETY: the `long_len` slot is present for long keys.
+            LONG_KEY => unsafe { (self.ptr.as_ptr().add(HEADER) as *const u64).read() as usize },
+            n => n as usize,
+        }
+    }
+
+    /// The eviction metadata (meaning owned by `crate::store::evict`).
+    pub fn meta(&self) -> u16 {
+        // SAFETY: header is initialized.
+        unsafe { (self.ptr.as_ptr().add(10) as *const u16).read() }
+    }
+
+    pub fn set_meta(&mut self, meta: u16) {
+        // SAFETY: header is initialized; `&mut self` gives unique access.
+        unsafe { (self.ptr.as_ptr().add(10) as *mut u16).write(meta) }
+    }
+
+    /// Sets the metadata through a shared reference: the store updates recency on reads, which
+    /// hand out `&Entry`. Sound because an entry lives in one shard's single-threaded store and
+    /// no reference into the metadata bytes is ever handed out (they are only read by value).
+    pub(crate) fn set_meta_shared(&self, meta: u16) {
+        // SAFETY: see above; the write is to two bytes no `&` reference points into.
+        unsafe { (self.ptr.as_ptr().add(10) as *mut u16).write(meta) }
     }
 
     fn value_len_raw(&self) -> u32 {
@@ -110,7 +159,14 @@ impl Entry {
     }
 
     pub fn value_len(&self) -> usize {
-        (self.value_len_raw() & !MARK_FLAG) as usize
+        (self.value_len_raw() & LEN_MASK) as usize
+    }
+
+    /// Where the metadata lives, for the store to set it after the entry moved into the table
+    /// (entries never move while they live; the pointer is valid until the entry is dropped).
+    pub(crate) fn meta_ptr(&self) -> *mut u16 {
+        // SAFETY: offset 10 is inside the header.
+        unsafe { self.ptr.as_ptr().add(10) as *mut u16 }
     }
 
     /// The snapshot mark bit. Its meaning (written out or not by the running snapshot) is
@@ -141,7 +197,7 @@ impl Entry {
     pub fn expire_at_ms(&self) -> Option<u64> {
         if self.has_ttl() {
             // SAFETY: present when the flag is set.
-            Some(unsafe { (self.ptr.as_ptr().add(16) as *const u64).read() })
+            Some(unsafe { (self.ptr.as_ptr().add(self.expire_offset()) as *const u64).read() })
         } else {
             None
         }
@@ -151,16 +207,27 @@ impl Entry {
     pub fn set_expire_in_place(&mut self, t: u64) {
         assert!(self.has_ttl());
         // SAFETY: slot present when the flag is set.
-        unsafe { (self.ptr.as_ptr().add(16) as *mut u64).write(t) }
+        unsafe { (self.ptr.as_ptr().add(self.expire_offset()) as *mut u64).write(t) }
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
         matches!(self.expire_at_ms(), Some(t) if t <= now_ms)
     }
 
-    /// Bytes of the allocation (what the entry costs before allocator rounding).
+    /// Bytes of the allocation (what the entry asks the allocator for).
     pub fn alloc_bytes(&self) -> usize {
         layout(self.key_len(), self.value_len(), self.has_ttl()).size()
+    }
+
+    /// Bytes the allocator really sets aside for the entry (its size class; see
+    /// [`allocated_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        allocated_bytes(self.alloc_bytes())
+    }
+
+    /// What an entry of these lengths will hold, before building it (eviction makes room first).
+    pub fn held_bytes_for(key_len: usize, value_len: usize, has_ttl: bool) -> usize {
+        allocated_bytes(key_offset(key_len, has_ttl) + key_len + value_len)
     }
 
     /// The chain link (owned).
@@ -174,6 +241,26 @@ impl Entry {
         // SAFETY: as for `next_slot`; `&mut self` gives unique access.
         unsafe { &mut *(self.ptr.as_ptr() as *mut Option<Entry>) }
     }
+}
+
+/// The bytes mimalloc (the server's allocator) really reserves for a request of `size` bytes:
+/// its size classes are 8-byte steps up to 64 bytes, then four classes per power of two (80,
+/// 96, 112, 128, 160, ...) up to 16 MiB (`_mi_bin`); larger blocks are whole 64 KiB chunks of
+/// their own segment. Counting the class instead of the request is what keeps `used_memory`
+/// from drifting below what the process holds (a 65-byte entry holds 80).
+pub fn allocated_bytes(size: usize) -> usize {
+    const LARGE_MAX: usize = 16 << 20;
+    if size <= 64 {
+        return (size.max(8) + 7) & !7;
+    }
+    if size > LARGE_MAX {
+        return (size + 0xFFFF) & !0xFFFF;
+    }
+    let words = size.div_ceil(8);
+    let w = words - 1;
+    let b = usize::BITS - 1 - w.leading_zeros();
+    let step = 1usize << (b - 2);
+    (((w >> (b - 2)) + 1) * step) * 8
 }
 
 impl Drop for Entry {
@@ -197,5 +284,51 @@ impl std::fmt::Debug for Entry {
             .field("value_len", &self.value_len())
             .field("expire_at_ms", &self.expire_at_ms())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_long_keys_with_and_without_ttl_round_trip() {
+        for key_len in [0usize, 1, 15, 0xFFFE, 0xFFFF, 70_000] {
+            for ttl in [None, Some(123_456_789u64)] {
+                let key: Vec<u8> = (0..key_len).map(|i| i as u8).collect();
+                let mut e = Entry::new(&key, b"value", ttl);
+                e.set_meta(0xBEEF);
+                e.set_mark(true);
+                assert_eq!(e.key(), &key[..]);
+                assert_eq!(e.value(), b"value");
+                assert_eq!(e.expire_at_ms(), ttl);
+                assert_eq!(e.meta(), 0xBEEF);
+                assert!(e.mark());
+                let long = if key_len >= 0xFFFF { 8 } else { 0 };
+                assert_eq!(e.alloc_bytes(), 16 + long + if ttl.is_some() { 8 } else { 0 } + key_len + 5);
+                if ttl.is_some() {
+                    e.set_expire_in_place(7);
+                    assert_eq!(e.expire_at_ms(), Some(7));
+                    assert_eq!(e.key(), &key[..]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_headline_entry_stays_in_the_64_byte_class() {
+        let e = Entry::new(&[b'k'; 15], &[b'v'; 32], None);
+        assert_eq!(e.alloc_bytes(), 63);
+        assert_eq!(e.held_bytes(), 64);
+    }
+
+    #[test]
+    fn allocated_bytes_follow_mimalloc_size_classes() {
+        let cases =
+            [(1, 8), (63, 64), (64, 64), (65, 80), (81, 96), (128, 128), (129, 160), (1000, 1024), (1025, 1280)];
+        for (size, class) in cases {
+            assert_eq!(allocated_bytes(size), class, "size {size}");
+        }
+        assert_eq!(allocated_bytes((16 << 20) + 1), (16 << 20) + 65536);
     }
 }

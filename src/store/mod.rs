@@ -12,9 +12,17 @@
 //! caller repeats while a large share of what it sampled was expired, within a time budget.
 //!
 //! # Accounting
-//! `used_bytes` counts entry allocations (header, key, value, expiry slot) plus bucket arrays:
-//! what the store itself holds, before allocator rounding. Old versions kept for a running
-//! snapshot are counted apart (`snapshot_preserved_bytes`).
+//! `used_bytes` counts entry allocations (header, key, value, expiry slot) at the size class
+//! the allocator really gives them (`entry::allocated_bytes`), plus bucket arrays and the
+//! eviction ghost: what the store itself holds. Old versions kept for a running snapshot are
+//! counted apart (`snapshot_preserved_bytes`): evicting live keys cannot shrink them, the walker
+//! does.
+//!
+//! # Eviction
+//! With a limit set ([`Store::set_eviction`]), [`Store::evict`] removes keys chosen by the
+//! policy (see [`evict`]) until the live bytes plus what the caller is about to add fit. Removal
+//! takes the same path as DEL, so a running snapshot keeps the old version; the evicted keys
+//! are handed back for the caller to log as deletions.
 //!
 //! # Snapshots (point in time without a copy)
 //! A snapshot must hold the store exactly as it was when it began, while commands keep changing
@@ -44,9 +52,11 @@
 //! every step, and all of it (without yielding) when it exceeds its limit.
 
 pub mod entry;
+pub mod evict;
 pub mod table;
 
 pub use entry::Entry;
+pub use evict::Policy;
 use table::Table;
 
 /// Counters a shard reports through INFO.
@@ -58,6 +68,10 @@ pub struct StoreStats {
     pub expired_keys: u64,
     pub keyspace_hits: u64,
     pub keyspace_misses: u64,
+    /// Keys removed by eviction since the start (or CONFIG RESETSTAT).
+    pub evicted_keys: u64,
+    /// The share of `maxmemory` this store keeps to (0: no limit).
+    pub limit_bytes: u64,
 }
 
 /// The keyspace of one shard.
@@ -77,7 +91,39 @@ pub struct Store {
     snap: Option<SnapWalk>,
     /// Most bytes ever preserved at once (INFO).
     preserved_peak_bytes: usize,
+    /// Eviction: limit, policy, clock, candidates.
+    ev: Evictor,
 }
+
+/// Eviction state (see [`evict`]).
+struct Evictor {
+    /// 0: no limit.
+    limit_bytes: usize,
+    policy: Policy,
+    /// Entries sampled per eviction (`maxmemory-samples`).
+    samples: usize,
+    /// The logical clock, and accesses since its last tick.
+    clock: u64,
+    ops: u64,
+    /// Best candidates seen so far by the sampled LRU/LFU/TTL policies, ascending score.
+    pool: Vec<(u64, Vec<u8>)>,
+    /// Where sampling continues (a SCAN cursor).
+    cursor: u64,
+    /// Bytes of entries in the S3-FIFO small queue.
+    small_bytes: usize,
+    /// S3-FIFO ghost: 16-bit fingerprints of keys recently evicted from the small queue,
+    /// direct-mapped by hash. Empty unless S3-FIFO runs with a limit.
+    ghost: Vec<u16>,
+    evicted_keys: u64,
+    /// Keys evicted while loading (recovery), to be logged as deletions once the log is open.
+    recovery_evicted: Vec<Vec<u8>>,
+}
+
+/// Bucket visits one sampling round may make before it gives up (sparse volatile keys).
+const SAMPLE_VISITS_MAX: usize = 8192;
+/// S3-FIFO promotions and second chances one eviction may grant before it takes the last
+/// candidate anyway.
+const S3FIFO_ROUNDS_MAX: usize = 64;
 
 /// State of a running snapshot's walk.
 struct SnapWalk {
@@ -119,6 +165,19 @@ impl Store {
             epoch: false,
             snap: None,
             preserved_peak_bytes: 0,
+            ev: Evictor {
+                limit_bytes: 0,
+                policy: Policy::AllkeysS3fifo,
+                samples: 5,
+                clock: 0,
+                ops: 0,
+                pool: Vec::new(),
+                cursor: 0,
+                small_bytes: 0,
+                ghost: Vec::new(),
+                evicted_keys: 0,
+                recovery_evicted: Vec::new(),
+            },
         }
     }
 
@@ -134,11 +193,23 @@ impl Store {
         StoreStats {
             keys: self.table.len() as u64,
             keys_with_ttl: self.ttl_keys as u64,
-            used_bytes: (self.entry_bytes + self.table.bucket_bytes()) as u64,
+            used_bytes: self.live_bytes() as u64,
             expired_keys: self.expired_keys,
             keyspace_hits: self.hits.get(),
             keyspace_misses: self.misses.get(),
+            evicted_keys: self.ev.evicted_keys,
+            limit_bytes: self.ev.limit_bytes as u64,
         }
+    }
+
+    /// Keys with an expiry time.
+    pub fn keys_with_ttl(&self) -> usize {
+        self.ttl_keys
+    }
+
+    /// Bytes the live dataset holds: entries at their size class, buckets, the ghost.
+    pub fn live_bytes(&self) -> usize {
+        self.entry_bytes + self.table.bucket_bytes() + self.ev.ghost.capacity() * 2
     }
 
     /// Records a read hit or miss for INFO stats (only commands that read a value count, as in
@@ -152,6 +223,7 @@ impl Store {
         self.hits.set(0);
         self.misses.set(0);
         self.expired_keys = 0;
+        self.ev.evicted_keys = 0;
     }
 
     /// Disposes of an entry taken out of the table: kept for the running snapshot if it belongs
@@ -180,13 +252,52 @@ impl Store {
     }
 
     fn account_in(&mut self, e: &Entry) {
-        self.entry_bytes += e.alloc_bytes();
-        self.ttl_keys += e.has_ttl() as usize;
+        self.account_in_parts(e.held_bytes(), e.has_ttl(), e.meta());
+    }
+
+    fn account_in_parts(&mut self, held: usize, ttl: bool, meta: u16) {
+        self.entry_bytes += held;
+        self.ttl_keys += ttl as usize;
+        if self.ev.policy == Policy::AllkeysS3fifo && !evict::s3_main(meta) {
+            self.ev.small_bytes += held;
+        }
     }
 
     fn account_out(&mut self, e: &Entry) {
-        self.entry_bytes -= e.alloc_bytes();
+        let held = e.held_bytes();
+        self.entry_bytes -= held;
         self.ttl_keys -= e.has_ttl() as usize;
+        if self.ev.policy == Policy::AllkeysS3fifo && !evict::s3_main(e.meta()) {
+            // Saturating: entries present when the policy changed were never counted in.
+            self.ev.small_bytes = self.ev.small_bytes.saturating_sub(held);
+        }
+    }
+
+    /// Advances the eviction clock by one access (see `evict`, "The clock").
+    fn tick(&mut self) {
+        self.ev.ops += 1;
+        if self.ev.ops >= (self.table.len() as u64 / evict::TICKS_PER_PASS).max(1) {
+            self.ev.ops = 0;
+            self.ev.clock += 1;
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Records an access to `e` in its eviction metadata.
+    fn touch(&mut self, e: *const Entry) {
+        self.tick();
+        let kind = self.ev.policy.meta_kind();
+        let r =
+            if kind == evict::MetaKind::Lfu { (self.next_random() >> 11) as f64 / (1u64 << 53) as f64 } else { 0.0 };
+        // SAFETY: `e` points to a live entry of the table, not modified since it was found.
+        let e = unsafe { &*e };
+        e.set_meta_shared(evict::touched(kind, e.meta(), self.ev.clock, r));
     }
 
     /// Removes `key` if it has expired. Returns whether it was removed.
@@ -208,6 +319,7 @@ impl Store {
         let e: *const Entry = self.table.get(key)?;
         // SAFETY: `e` was just returned by the table and nothing has modified it since.
         if !unsafe { &*e }.is_expired(now_ms) {
+            self.touch(e);
             return Some(e);
         }
         self.expire_if_needed(key, now_ms);
@@ -243,10 +355,27 @@ impl Store {
     /// is counted as expired).
     pub fn put(&mut self, mut entry: Entry, now_ms: u64) -> bool {
         entry.set_mark(self.epoch);
-        self.account_in(&entry);
+        self.tick();
+        let kind = self.ev.policy.meta_kind();
+        let (held, ttl) = (entry.held_bytes(), entry.has_ttl());
+        entry.set_meta(evict::initial(kind, self.ev.clock, false));
+        // Valid while the entry lives: entries never move.
+        let meta = entry.meta_ptr();
+        let ghost_hit = kind == evict::MetaKind::S3fifo && !self.ev.ghost.is_empty() && self.ghost_take(entry.key());
         let Some(old) = self.table.insert(entry) else {
+            let m = evict::initial(kind, self.ev.clock, ghost_hit);
+            // SAFETY: `meta` points into the entry just inserted, which lives in the table.
+            unsafe { meta.write(m) };
+            self.account_in_parts(held, ttl, m);
             return false;
         };
+        // An overwrite is an access: the new version inherits the old one's history (as Redis
+        // keeps the LRU/LFU field on overwrite).
+        let r = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        let m = evict::touched(kind, old.meta(), self.ev.clock, r);
+        // SAFETY: as above.
+        unsafe { meta.write(m) };
+        self.account_in_parts(held, ttl, m);
         self.account_out(&old);
         let live = !old.is_expired(now_ms);
         if !live {
@@ -317,6 +446,7 @@ impl Store {
         self.account_out(&old);
         let mut new = Entry::new(old.key(), old.value(), expire_at_ms);
         new.set_mark(self.epoch);
+        new.set_meta(old.meta());
         self.account_in(&new);
         self.table.insert(new);
         self.retire(old, now_ms);
@@ -350,6 +480,7 @@ impl Store {
             self.table.drain(|e| kept.push(e));
             self.entry_bytes = 0;
             self.ttl_keys = 0;
+            self.ev.small_bytes = 0;
             for e in kept {
                 self.retire(e, now);
             }
@@ -358,12 +489,20 @@ impl Store {
         let old = self.table.take_all();
         self.entry_bytes = 0;
         self.ttl_keys = 0;
+        self.ev.small_bytes = 0;
         drop(old);
     }
 
     /// Makes room for `additional` more keys at once (see [`Table::reserve`]); a hint: the
-    /// bucket array it allocates is counted in `used_bytes` like any other.
+    /// bucket array it allocates is counted in `used_bytes` like any other. Under a memory
+    /// limit it reserves no more keys than the limit could hold at 64 bytes each (the smallest
+    /// entry's size class), so a snapshot larger than a lowered limit does not make the
+    /// bucket array alone exceed it.
     pub fn reserve(&mut self, additional: usize) {
+        let additional = match self.ev.limit_bytes {
+            0 => additional,
+            limit => additional.min(limit / 64),
+        };
         self.table.reserve(additional);
     }
 
@@ -578,6 +717,277 @@ impl Store {
         (seen, out.len() - start)
     }
 
+    /// Sets the eviction limit (bytes of live data; 0: none), the policy and the sample size.
+    /// Cheap when nothing changes (called before each command with the current settings).
+    pub fn set_eviction(&mut self, limit_bytes: usize, policy: Policy, samples: usize) {
+        let ev = &mut self.ev;
+        ev.limit_bytes = limit_bytes;
+        ev.samples = samples.clamp(1, evict::MAX_SAMPLES);
+        if ev.policy != policy {
+            ev.policy = policy;
+            ev.pool.clear();
+            ev.small_bytes = 0;
+        }
+        if (policy != Policy::AllkeysS3fifo || limit_bytes == 0) && !ev.ghost.is_empty() {
+            ev.ghost = Vec::new();
+        }
+    }
+
+    /// The current eviction settings: (limit bytes, policy).
+    pub fn eviction(&self) -> (usize, Policy) {
+        (self.ev.limit_bytes, self.ev.policy)
+    }
+
+    /// What storing an entry of `entry_bytes` for `key` adds: its bytes, less the version it
+    /// replaces, or plus the bucket array a new key's insert would allocate to grow the table.
+    /// Looked up without counting as an access.
+    pub fn incoming_bytes(&self, key: &[u8], entry_bytes: usize) -> usize {
+        match self.table.get(key) {
+            Some(old) => entry_bytes.saturating_sub(old.held_bytes()),
+            None => entry_bytes + self.table.growth_bytes_on_insert(),
+        }
+    }
+
+    /// Whether the live bytes plus `incoming_bytes` exceed the limit.
+    pub fn over_limit(&self, incoming_bytes: usize) -> bool {
+        self.ev.limit_bytes > 0 && self.live_bytes() + incoming_bytes > self.ev.limit_bytes
+    }
+
+    /// Evicts keys until the live bytes plus `incoming_bytes` fit the limit, at most
+    /// `max_keys` of them; never `protect` (the key being written). Evicted keys are appended
+    /// to `out` for the caller to log as deletions. Returns whether the store now fits: false
+    /// under `noeviction`, with no candidate (a volatile policy and no key with an expiry), or
+    /// when `max_keys` ran out.
+    pub fn evict(
+        &mut self,
+        incoming_bytes: usize,
+        now_ms: u64,
+        protect: Option<&[u8]>,
+        max_keys: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        if self.ev.limit_bytes == 0 {
+            return true;
+        }
+        if self.ev.policy == Policy::AllkeysS3fifo {
+            self.size_ghost();
+        }
+        let mut n = 0;
+        while self.over_limit(incoming_bytes) {
+            if self.ev.policy == Policy::NoEviction || n >= max_keys || self.table.is_empty() {
+                return false;
+            }
+            let victim = match self.ev.policy {
+                Policy::AllkeysS3fifo => self.s3fifo_victim(protect),
+                Policy::AllkeysRandom | Policy::VolatileRandom => self.random_victim(protect),
+                _ => self.pool_victim(protect),
+            };
+            let Some(key) = victim else {
+                return false;
+            };
+            let Some(e) = self.table.remove(&key) else {
+                continue;
+            };
+            self.account_out(&e);
+            if self.ev.policy == Policy::AllkeysS3fifo && !evict::s3_main(e.meta()) {
+                self.ghost_put(&key);
+            }
+            self.retire(e, now_ms);
+            self.ev.evicted_keys += 1;
+            out.push(key);
+            n += 1;
+        }
+        true
+    }
+
+    /// Recovery: evicts down to the limit after an entry was loaded, remembering the keys (see
+    /// [`Store::take_recovery_evictions`]). Loading a data directory larger than the limit thus
+    /// never holds much more than the limit.
+    pub fn fit_after_load(&mut self, now_ms: u64) {
+        if self.over_limit(0) {
+            let mut out = std::mem::take(&mut self.ev.recovery_evicted);
+            self.evict(0, now_ms, None, usize::MAX, &mut out);
+            self.ev.recovery_evicted = out;
+        }
+    }
+
+    /// The keys evicted during recovery that are still absent: the caller logs them as
+    /// deletions, so the next recovery does not bring them back.
+    pub fn take_recovery_evictions(&mut self) -> Vec<Vec<u8>> {
+        let keys = std::mem::take(&mut self.ev.recovery_evicted);
+        keys.into_iter().filter(|k| self.table.get(k).is_none()).collect()
+    }
+
+    /// Walks the table from the sampling cursor, calling `f` for each entry, until `f` has
+    /// accepted `want` of them or the visit bound is reached.
+    fn sample(&mut self, want: usize, visits_max: usize, mut f: impl FnMut(&Entry) -> bool) {
+        let mut taken = 0;
+        let mut cursor = self.ev.cursor;
+        for _ in 0..visits_max {
+            cursor = self.table.scan(cursor, |e| {
+                if taken < want && f(e) {
+                    taken += 1;
+                }
+            });
+            if taken >= want {
+                break;
+            }
+        }
+        self.ev.cursor = cursor;
+    }
+
+    /// Sampled LRU, LFU and TTL: Redis's eviction pool. Each call samples `samples` entries,
+    /// merges them into the pool of the best candidates seen so far, and takes the best one
+    /// that still exists and has not been touched since it was scored.
+    fn pool_victim(&mut self, protect: Option<&[u8]>) -> Option<Vec<u8>> {
+        let (policy, clock) = (self.ev.policy, self.ev.clock);
+        let volatile = policy.volatile();
+        if volatile && self.ttl_keys == 0 {
+            return None;
+        }
+        let mut cands: Vec<(u64, Vec<u8>)> = Vec::with_capacity(self.ev.samples);
+        let visits = if volatile { SAMPLE_VISITS_MAX } else { self.ev.samples * 10 };
+        self.sample(self.ev.samples, visits, |e| {
+            if (volatile && !e.has_ttl()) || protect == Some(e.key()) {
+                return false;
+            }
+            cands.push((evict::score(policy, e.meta(), clock, e.expire_at_ms()), e.key().to_vec()));
+            true
+        });
+        let pool = &mut self.ev.pool;
+        for (score, key) in cands {
+            match pool.iter_mut().find(|(_, k)| *k == key) {
+                Some(c) => c.0 = score,
+                None => pool.push((score, key)),
+            }
+        }
+        pool.sort_by_key(|c| c.0);
+        if pool.len() > evict::POOL_SIZE {
+            pool.drain(..pool.len() - evict::POOL_SIZE);
+        }
+        while let Some((score, key)) = self.ev.pool.pop() {
+            let Some(e) = self.table.get(&key) else { continue };
+            if (volatile && !e.has_ttl()) || protect == Some(&key[..]) {
+                continue;
+            }
+            if evict::score(policy, e.meta(), clock, e.expire_at_ms()) < score {
+                // Touched since it was scored: no longer a good candidate.
+                continue;
+            }
+            return Some(key);
+        }
+        None
+    }
+
+    /// `allkeys-random`, `volatile-random`: the first eligible entry from a random position.
+    fn random_victim(&mut self, protect: Option<&[u8]>) -> Option<Vec<u8>> {
+        let volatile = self.ev.policy.volatile();
+        if volatile && self.ttl_keys == 0 {
+            return None;
+        }
+        self.ev.cursor = self.next_random();
+        let mut found = None;
+        let visits = if volatile { SAMPLE_VISITS_MAX } else { 64 };
+        self.sample(1, visits, |e| {
+            let ok = (e.has_ttl() || !volatile) && protect != Some(e.key());
+            if ok {
+                found = Some(e.key().to_vec());
+            }
+            ok
+        });
+        found
+    }
+
+    /// Sampled S3-FIFO (see `evict` and docs/EVICTION.md): while the small queue holds more
+    /// than its share, its oldest sampled entry leaves it: to the main queue if it was read
+    /// since insertion, out (and into the ghost) if not. Otherwise the main queue's oldest
+    /// sampled entry is evicted, unless it was read since its last chance: then it gets
+    /// another one (reinserted, frequency minus one).
+    fn s3fifo_victim(&mut self, protect: Option<&[u8]>) -> Option<Vec<u8>> {
+        let clock = self.ev.clock;
+        let mut last = None;
+        for _ in 0..S3FIFO_ROUNDS_MAX {
+            let small_share = self.ev.limit_bytes / 100 * evict::S3FIFO_SMALL_PERCENT;
+            let from_small = self.ev.small_bytes > small_share;
+            let mut best: Option<(u64, Vec<u8>, u16)> = None;
+            let mut fallback: Option<(u64, Vec<u8>, u16)> = None;
+            let want = self.ev.samples;
+            self.sample(want, want * 64, |e| {
+                if protect == Some(e.key()) {
+                    return false;
+                }
+                let m = e.meta();
+                let age = evict::s3_age(m, clock);
+                if evict::s3_main(m) == from_small {
+                    // The other queue: remembered in case the wanted one has no entry here.
+                    if fallback.as_ref().is_none_or(|b| age > b.0) {
+                        fallback = Some((age, e.key().to_vec(), m));
+                    }
+                    return false;
+                }
+                if best.as_ref().is_none_or(|b| age > b.0) {
+                    best = Some((age, e.key().to_vec(), m));
+                }
+                true
+            });
+            let Some((_, key, m)) = best.or(fallback) else {
+                return last;
+            };
+            let freq = evict::s3_freq(m);
+            if freq == 0 {
+                return Some(key);
+            }
+            let held = match self.table.get_mut(&key) {
+                Some(e) => {
+                    let new = if evict::s3_main(m) {
+                        evict::s3_pack(clock, true, freq - 1)
+                    } else {
+                        evict::s3_pack(clock, true, 0)
+                    };
+                    e.set_meta(new);
+                    e.held_bytes()
+                }
+                None => continue,
+            };
+            if !evict::s3_main(m) {
+                self.ev.small_bytes = self.ev.small_bytes.saturating_sub(held);
+            }
+            last = Some(key);
+        }
+        last
+    }
+
+    /// Keeps the ghost at about one slot per key (cleared when it grows).
+    fn size_ghost(&mut self) {
+        let want = self.table.len().next_power_of_two().max(1024);
+        if self.ev.ghost.len() < want {
+            self.ev.ghost = vec![0; want];
+        }
+    }
+
+    fn ghost_slot(&self, key: &[u8]) -> (usize, u16) {
+        let h = xxhash_rust::xxh3::xxh3_64(key);
+        ((h as usize) & (self.ev.ghost.len() - 1), ((h >> 48) as u16) | 1)
+    }
+
+    fn ghost_put(&mut self, key: &[u8]) {
+        if self.ev.ghost.is_empty() {
+            return;
+        }
+        let (i, fp) = self.ghost_slot(key);
+        self.ev.ghost[i] = fp;
+    }
+
+    /// Whether `key` was recently evicted from the small queue (and forgets it).
+    fn ghost_take(&mut self, key: &[u8]) -> bool {
+        let (i, fp) = self.ghost_slot(key);
+        let hit = self.ev.ghost[i] == fp;
+        if hit {
+            self.ev.ghost[i] = 0;
+        }
+        hit
+    }
+
     /// Advances incremental rehashing by up to `steps` buckets. Returns whether more remains.
     pub fn rehash(&mut self, steps: usize) -> bool {
         for _ in 0..steps {
@@ -759,6 +1169,118 @@ mod tests {
             }
         }
         assert_eq!(keys, vec![b"kept".to_vec()]);
+    }
+
+    fn filled(policy: Policy, limit: usize, keys: usize, ttl_every: usize) -> Store {
+        let mut s = Store::new(5);
+        s.set_eviction(limit, policy, 5);
+        for i in 0..keys {
+            let exp = (ttl_every > 0 && i % ttl_every == 0).then_some(1_000_000 + i as u64);
+            let k = format!("key:{i:06}");
+            let mut out = Vec::new();
+            s.evict(Entry::held_bytes_for(k.len(), 32, exp.is_some()), 0, None, usize::MAX, &mut out);
+            s.set(k.as_bytes(), &[b'v'; 32], exp, 0);
+        }
+        s
+    }
+
+    #[test]
+    fn every_evicting_policy_keeps_the_store_within_its_limit() {
+        for p in evict::POLICIES.iter().copied().filter(|p| *p != Policy::NoEviction) {
+            let s = filled(p, 64 * 1024, 20_000, 1);
+            assert!(s.live_bytes() <= 64 * 1024, "{p:?}: {} bytes", s.live_bytes());
+            assert!(s.len() > 500, "{p:?} kept only {} keys", s.len());
+            assert_eq!(s.stats().evicted_keys as usize + s.len(), 20_000, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn noeviction_and_volatile_without_ttl_keys_refuse() {
+        for p in
+            [Policy::NoEviction, Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl]
+        {
+            let mut s = filled(p, 16 * 1024, 2000, 0);
+            let mut out = Vec::new();
+            assert!(!s.evict(0, 0, None, usize::MAX, &mut out), "{p:?}");
+            assert!(out.is_empty());
+            assert_eq!(s.len(), 2000);
+        }
+    }
+
+    #[test]
+    fn volatile_policies_evict_only_keys_with_a_ttl() {
+        for p in [Policy::VolatileLru, Policy::VolatileLfu, Policy::VolatileRandom, Policy::VolatileTtl] {
+            let s = filled(p, 64 * 1024, 4000, 2);
+            for i in (1..4000).step_by(2) {
+                let k = format!("key:{i:06}");
+                assert!(s.table.get(k.as_bytes()).is_some(), "{p:?} evicted {k}, which has no TTL");
+            }
+        }
+    }
+
+    #[test]
+    fn volatile_ttl_evicts_the_nearest_expiry_first() {
+        let s = filled(Policy::VolatileTtl, 96 * 1024, 3000, 1);
+        // Expiry grows with the key number: what is left is mostly the latest expiries.
+        let kept: Vec<usize> = (0..3000).filter(|i| s.table.get(format!("key:{i:06}").as_bytes()).is_some()).collect();
+        let median = kept[kept.len() / 2];
+        assert!(median > 2000, "median kept key {median}: the nearest expiries were not evicted first");
+    }
+
+    /// Hot keys read between writes survive; cold ones go. For LRU, LFU and S3-FIFO.
+    #[test]
+    fn recency_and_frequency_policies_keep_hot_keys() {
+        for p in [Policy::AllkeysLru, Policy::AllkeysLfu, Policy::AllkeysS3fifo] {
+            let mut s = Store::new(11);
+            s.set_eviction(128 * 1024, p, 5);
+            let hot: Vec<String> = (0..100).map(|i| format!("hot:{i}")).collect();
+            for k in &hot {
+                s.set(k.as_bytes(), &[b'h'; 32], None, 0);
+            }
+            for i in 0..30_000 {
+                let k = format!("cold:{i}");
+                let mut out = Vec::new();
+                s.evict(Entry::held_bytes_for(k.len(), 32, false), 0, Some(k.as_bytes()), usize::MAX, &mut out);
+                s.set(k.as_bytes(), &[b'c'; 32], None, 0);
+                if i % 10 == 0 {
+                    for h in &hot {
+                        s.get(h.as_bytes(), 0);
+                    }
+                }
+            }
+            let kept = hot.iter().filter(|k| s.table.get(k.as_bytes()).is_some()).count();
+            assert!(kept >= 95, "{p:?} kept {kept} of 100 hot keys");
+            assert!(s.live_bytes() <= 128 * 1024);
+        }
+    }
+
+    #[test]
+    fn eviction_during_a_snapshot_preserves_the_old_version() {
+        let mut s = Store::new(12);
+        for i in 0..2000 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+        }
+        let at_start = model_of(&s);
+        assert!(s.begin_snapshot());
+        s.set_eviction(s.live_bytes() / 2, Policy::AllkeysLru, 5);
+        let mut out = Vec::new();
+        assert!(s.evict(0, 0, None, usize::MAX, &mut out));
+        assert!(!out.is_empty());
+        assert!(walk(&mut s, 16, usize::MAX, |_, _| {}) == at_start);
+    }
+
+    #[test]
+    fn recovery_evictions_are_reported_only_for_keys_still_absent() {
+        let mut s = Store::new(13);
+        s.set_eviction(8 * 1024, Policy::AllkeysRandom, 5);
+        for i in 0..1000 {
+            s.set(format!("k{i}").as_bytes(), b"v", None, 0);
+            s.fit_after_load(0);
+        }
+        assert!(s.live_bytes() <= 8 * 1024);
+        let evicted = s.take_recovery_evictions();
+        assert_eq!(evicted.len() + s.len(), 1000);
+        assert!(evicted.iter().all(|k| s.table.get(k).is_none()));
     }
 
     #[test]

@@ -78,6 +78,14 @@ impl Table {
         (self.t0.slots.capacity() + self.t1.slots.capacity()) * std::mem::size_of::<Option<Entry>>()
     }
 
+    /// Bytes a new bucket array would add if the next insert of a new key starts a growth.
+    pub fn growth_bytes_on_insert(&self) -> usize {
+        if self.is_rehashing() || self.t0.is_empty() || self.len < self.t0.slots.len() {
+            return 0;
+        }
+        (self.len + 1).next_power_of_two() * std::mem::size_of::<Option<Entry>>()
+    }
+
     pub fn is_rehashing(&self) -> bool {
         self.rehash_idx.is_some()
     }

@@ -169,8 +169,16 @@ fn keep_set_aside_files(data_dir: &Path, gen_dir: &Path, generation: u64) -> Res
     Ok(())
 }
 
-/// Applies one record to a store (replay). Expired values are dropped as they load.
+/// Applies one record to a store (replay). Expired values are dropped as they load; a store
+/// over its memory limit evicts as it loads (see `Store::fit_after_load`).
 pub fn apply(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
+    apply_record(store, rec, now_ms);
+    if matches!(rec, Record::Set { .. }) {
+        store.fit_after_load(now_ms);
+    }
+}
+
+fn apply_record(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
     match *rec {
         Record::Set { key, value, expire_at_ms } => {
             if expire_at_ms.is_some_and(|t| t <= now_ms) {
