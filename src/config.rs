@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 /// A thread-per-core, io_uring Redis-protocol cache.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringcache", version, about, long_about = None)]
+#[command(name = "ringcache", version = crate::build_info::VERSION_LINE, long_version = crate::build_info::LONG_VERSION, about, long_about = None)]
 pub struct Config {
     /// Address to listen on. Loopback by default: exposing the cache is the operator's choice.
     #[arg(long, default_value = "127.0.0.1:6379")]
@@ -101,6 +101,23 @@ pub struct Config {
     /// RLIMIT_MEMLOCK suffices for every shard.
     #[arg(long = "io-memory-bytes", default_value_t = 512 * 1024, value_parser = parse_bytes)]
     pub io_memory_bytes: usize,
+
+    /// Password of the default user: clients must AUTH before any other command (as Redis's
+    /// requirepass). Prefer the RINGCACHE_REQUIREPASS environment variable (an EnvironmentFile
+    /// under systemd): a command-line argument is visible to every local user in `ps`.
+    #[arg(long, env = "RINGCACHE_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<crate::auth::Secret>,
+
+    /// Without a password, refuse clients that do not connect from loopback, with Redis's
+    /// DENIED error: `yes` or `no`.
+    #[arg(long = "protected-mode", default_value = "yes", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub protected_mode: bool,
+
+    /// Address of the HTTP endpoint serving Prometheus metrics (/metrics) and health (/health,
+    /// /ready, /live) [default: none, no endpoint]. Keep it on loopback or a private network:
+    /// it has no authentication.
+    #[arg(long = "metrics-bind")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// `--recovery` values (see [`crate::wal::RecoveryMode`]).

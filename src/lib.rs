@@ -17,15 +17,23 @@
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
 //! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |
+//! | [`auth`] | `--requirepass`, AUTH, protected mode |
+//! | [`metrics`] | typed counters and histograms, the Prometheus exposition; `metrics::http`: the `/metrics` and health endpoint |
+//! | [`notify`] | the systemd notification protocol (READY, STATUS, STOPPING, WATCHDOG) |
+//! | [`build_info`] | version, git commit, toolchain (`--version`) |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
+pub mod auth;
+pub mod build_info;
 pub mod check;
 pub mod cmd;
 pub mod config;
 pub mod conn;
 pub mod coord;
 pub mod error;
+pub mod metrics;
+pub mod notify;
 pub mod resp;
 pub mod server;
 pub mod shard;

@@ -24,6 +24,7 @@
 //! never take a gate; they only check that it is free (one `Cell` read).
 
 pub mod mesh;
+pub mod metrics;
 pub mod ops;
 
 use crate::config::Config;
@@ -84,6 +85,11 @@ pub struct Global {
     /// Per shard: Unix seconds when its last successful snapshot ended (the start time until
     /// then). LASTSAVE is the minimum: the last time every shard had a snapshot.
     pub shard_lastsave_s: Vec<AtomicU64>,
+    /// Each shard's figures as of its last housekeeping tick, for the metrics endpoint, health
+    /// and the systemd watchdog (see [`crate::metrics`]).
+    pub published: crate::metrics::Published,
+    /// The default user's password (`--requirepass`, CONFIG SET requirepass); see [`crate::auth`].
+    pub auth: crate::auth::Auth,
 }
 
 /// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
@@ -112,6 +118,8 @@ impl Global {
             bgsave_in_progress: AtomicBool::new(false),
             last_save_ok: AtomicBool::new(true),
             shard_lastsave_s: (0..shards).map(|_| AtomicU64::new(crate::store::now_ms() / 1000)).collect(),
+            published: crate::metrics::Published::new(shards),
+            auth: crate::auth::Auth::new(config.requirepass.as_ref(), config.protected_mode),
             shards,
             config,
         }
@@ -123,7 +131,9 @@ impl Global {
     }
 
     pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        if !self.shutdown.swap(true, Ordering::SeqCst) {
+            crate::notify::stopping();
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -180,6 +190,8 @@ pub struct ShardStats {
     pub commands_processed: Cell<u64>,
     pub net_input_bytes: Cell<u64>,
     pub net_output_bytes: Cell<u64>,
+    /// Per-command calls, failures and latency (INFO commandstats, latencystats).
+    pub commands: crate::cmd::stats::CommandStats,
 }
 
 /// What CLIENT LIST shows about one connection.

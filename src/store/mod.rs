@@ -44,6 +44,7 @@
 //! every step, and all of it (without yielding) when it exceeds its limit.
 
 pub mod entry;
+pub mod metrics;
 pub mod table;
 
 pub use entry::Entry;
