@@ -23,8 +23,8 @@ use std::sync::{Arc, RwLock};
 pub const NOAUTH: &str = "NOAUTH Authentication required.";
 /// Redis's reply to HELLO without AUTH on a connection that is not authenticated.
 pub const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
-                                HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
-                                select the RESP protocol version at the same time";
+                                HELLO AUTH <user> <pass> option can be used to authenticate the client and select \
+                                the RESP protocol version at the same time";
 /// Redis's reply to a wrong user or password.
 pub const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 /// Redis's reply to `AUTH <password>` when the default user has no password.

@@ -482,7 +482,11 @@ fn requirepass_auth_and_hello_auth_as_redis() {
     assert_eq!(r.cmd(&resp(&[b"GET", b"k"])), err(NOAUTH));
     assert_eq!(r.cmd(&resp(&[b"PING"])), err(NOAUTH));
     assert_eq!(r.cmd(&resp(&[b"MSET", b"a", b"1", b"b", b"2"])), err(NOAUTH));
-    assert!(matches!(r.cmd(&resp(&[b"HELLO", b"3"])), Reply::Error(e) if e.starts_with("NOAUTH HELLO must be called")));
+    assert_eq!(
+        r.cmd(&resp(&[b"HELLO", b"3"])),
+        err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> \
+             <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+    );
     assert_eq!(r.cmd(&resp(&[b"AUTH", b"wrong"])), err(WRONGPASS));
     assert_eq!(r.cmd(&resp(&[b"AUTH", b"bob", password.as_bytes()])), err(WRONGPASS));
     assert_eq!(r.cmd(&resp(&[b"AUTH", b"a", b"b", b"c"])), err("ERR syntax error"));
