@@ -63,6 +63,10 @@ fn open(path: &std::ffi::OsStr) -> std::io::Result<Notifier> {
         }
     };
     let sock = UnixDatagram::unbound()?;
+    // Never block: a datagram send waits when the receiver's queue is full, and sends happen
+    // on shard executors (STOPPING from the SHUTDOWN command). A lost notification is better
+    // than a stalled shard.
+    sock.set_nonblocking(true)?;
     Ok(Notifier { sock, addr })
 }
 
