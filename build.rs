@@ -18,10 +18,18 @@ fn main() {
     println!("cargo:rerun-if-env-changed=RINGCACHE_GIT_HASH");
     let git = std::env::var("RINGCACHE_GIT_HASH").ok().filter(|s| !s.is_empty()).or_else(|| {
         let hash = run("git", &["rev-parse", "--short=12", "HEAD"])?;
-        // Rebuild when HEAD moves (a commit, a checkout).
-        if let Some(dir) = run("git", &["rev-parse", "--absolute-git-dir"]) {
-            println!("cargo:rerun-if-changed={dir}/HEAD");
-            println!("cargo:rerun-if-changed={dir}/index");
+        // Rebuild when HEAD moves (a commit or a checkout): watch HEAD, the branch it names and
+        // packed-refs (paths resolved by git, so worktrees work). Not the index, which `git
+        // status` rewrites: that would rebuild everything after every status. So `-dirty` is
+        // as of the last commit or checkout seen, not of the last edit.
+        let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+        if let Some(r) = run("git", &["symbolic-ref", "-q", "HEAD"]) {
+            watch.push(r);
+        }
+        for w in watch {
+            if let Some(path) = run("git", &["rev-parse", "--path-format=absolute", "--git-path", &w]) {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
         let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"]).is_some();
         Some(if dirty { format!("{hash}-dirty") } else { hash })
