@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 /// A thread-per-core, io_uring Redis-protocol cache.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringcache", version, about, long_about = None)]
+#[command(name = "ringcache", version = crate::build_info::VERSION_LINE, long_version = crate::build_info::LONG_VERSION, about, long_about = None)]
 pub struct Config {
     /// Address to listen on. Loopback by default: exposing the cache is the operator's choice.
     #[arg(long, default_value = "127.0.0.1:6379")]
@@ -110,6 +110,7 @@ pub struct Config {
     /// docs/OPERATIONS.md.
     #[arg(long = "client-output-buffer-limit", default_value = OutputBufferLimits::DEFAULT_STR, value_parser = parse_output_buffer_limits)]
     pub client_output_buffer_limit: OutputBufferLimits,
+
     /// Memory limit for the data (keys, values, table, eviction metadata), split evenly across
     /// shards; 0: no limit. Units as for sizes (`64mb`, `2gb`). See docs/EVICTION.md.
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
@@ -126,6 +127,23 @@ pub struct Config {
     /// exact policy and costs more per eviction.
     #[arg(long = "maxmemory-samples", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub maxmemory_samples: u16,
+
+    /// Password of the default user: clients must AUTH before any other command (as Redis's
+    /// requirepass). Prefer the RINGCACHE_REQUIREPASS environment variable (an EnvironmentFile
+    /// under systemd): a command-line argument is visible to every local user in `ps`.
+    #[arg(long, env = "RINGCACHE_REQUIREPASS", hide_env_values = true)]
+    pub requirepass: Option<crate::auth::Secret>,
+
+    /// Without a password, refuse clients that do not connect from loopback, with Redis's
+    /// DENIED error: `yes` or `no`.
+    #[arg(long = "protected-mode", default_value = "yes", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub protected_mode: bool,
+
+    /// Address of the HTTP endpoint serving Prometheus metrics (/metrics) and health (/health,
+    /// /ready, /live) [default: none, no endpoint]. Keep it on loopback or a private network:
+    /// it has no authentication.
+    #[arg(long = "metrics-bind")]
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// `--recovery` values (see [`crate::wal::RecoveryMode`]).

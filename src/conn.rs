@@ -46,6 +46,9 @@ pub struct Conn {
     pub abort: bool,
     /// Highest LSN of this shard's log that the replies being built depend on (sync mode).
     pub observed_lsn: u64,
+    /// Whether the connection may run commands: set at accept when no password is required,
+    /// else by AUTH or HELLO ... AUTH (see [`crate::auth`]).
+    pub authenticated: bool,
 }
 
 /// Replies of one round.
@@ -89,8 +92,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         phase: "r",
     }));
     shard.clients.borrow_mut().insert(id, info.clone());
-    let mut conn =
-        Conn { shard: shard.clone(), info, proto: Protocol::Resp2, close: false, abort: false, observed_lsn: 0 };
+    let authenticated = !g.auth.required();
+    let mut conn = Conn {
+        shard: shard.clone(),
+        info,
+        proto: Protocol::Resp2,
+        close: false,
+        abort: false,
+        observed_lsn: 0,
+        authenticated,
+    };
     let result = run(&mut conn, stream.buffered_with(glommio::net::Preallocated::new(16 * 1024))).await;
     if let Err(e) = result {
         tracing::debug!(client = id, error = %e, "connection ended with an error");
@@ -146,6 +157,7 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             cmds.clear();
         }
         if let Err(e) = parsed {
+            shard.stats.commands.error_replies.inc();
             ReplyWriter::new(&mut out, conn.proto).error_bytes(&e.message());
             conn.close = true;
         } else if qbuf.len() > g.client_query_buffer_limit.load(Ordering::Relaxed) {
@@ -274,6 +286,7 @@ async fn before_reply(shard: &Shard, observed_lsn: u64) -> Result<(), String> {
     match w.durability() {
         crate::wal::Durability::Sync if observed_lsn > 0 => w.wait_durable(observed_lsn).await,
         crate::wal::Durability::Async if w.pending_bytes() > 2 * shard.global.config.wal_buffer_bytes => {
+            w.count_delayed_write();
             let _ = w.wait_all_durable().await;
             Ok(())
         }
@@ -296,19 +309,32 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
         if conn.close || conn.abort || over_hard_output_limit(conn, out.len() + round.local.len()) {
             break;
         }
+        let stats = &shard.stats.commands;
         let Some(spec) = cmd::lookup(&args[0]) else {
+            stats.error_replies.inc();
             local_reply(&mut round, out, conn.proto, |w| w.error_bytes(&cmd::unknown_command_error(args)));
             continue;
         };
+        // Redis's order: unknown command, arity, then authentication.
         if !spec.arity_ok(args.len()) || (matches!(spec.name, "mset" | "msetnx") && args.len() % 2 == 0) {
+            stats.reject(spec);
             local_reply(&mut round, out, conn.proto, |w| w.error(&cmd::arity_error(spec.name)));
+            continue;
+        }
+        if !conn.authenticated && !crate::auth::allowed_before_auth(spec.name) {
+            stats.reject(spec);
+            local_reply(&mut round, out, conn.proto, |w| w.error(crate::auth::NOAUTH));
             continue;
         }
         processed += 1;
         last_cmd = spec.name;
+        let start = std::time::Instant::now();
         match spec.route {
             Route::Local => {
-                local_reply(&mut round, out, conn.proto, |w| crate::cmd::server::run_local(spec, args, w));
+                local_reply(&mut round, out, conn.proto, |w| {
+                    crate::cmd::server::run_local(spec, args, w);
+                    stats.record(spec, start, false);
+                });
             }
             Route::Keys => {
                 let owner = owner_of(spec, args, n);
@@ -320,10 +346,12 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                         let proto = conn.proto;
                         let mut observed = 0;
                         local_reply(&mut round, out, proto, |w| {
+                            let at = w.buf.len();
                             let mut store = shard.store.borrow_mut();
                             let mut cx = shard.exec(&mut store);
                             cmd::execute_keyed(spec, args, &mut cx, w);
                             observed = cx.observed_lsn;
+                            stats.record(spec, start, cmd::stats::is_error_reply(w.buf, at));
                         });
                         conn.observed_lsn = conn.observed_lsn.max(observed);
                     }
@@ -335,14 +363,18 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                     }
                     None => {
                         conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
+                        let (start, at) = (std::time::Instant::now(), out.len());
                         let mut w = ReplyWriter::new(out, conn.proto);
                         coord::run_multi(&shard, spec, args, &mut w).await;
+                        stats.record(spec, start, cmd::stats::is_error_reply(out, at));
                     }
                 }
             }
             Route::Connection => {
                 conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
+                let (start, at) = (std::time::Instant::now(), out.len());
                 crate::cmd::server::run_connection(conn, spec, args, out).await;
+                stats.record(spec, start, cmd::stats::is_error_reply(out, at));
             }
         }
     }

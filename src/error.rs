@@ -23,4 +23,6 @@ pub enum StartError {
     Recovery(String),
     #[error("invalid option: {0}")]
     Config(String),
+    #[error("cannot serve metrics on {addr}: {source} ({hint})")]
+    MetricsBind { addr: SocketAddr, source: std::io::Error, hint: &'static str },
 }

@@ -18,9 +18,15 @@
 //! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |
 //! | [`fuzzing`] | bodies of the `cargo fuzz` targets (parser, commands, WAL scan, snapshot load), shared with the corpus replay test |
+//! | [`auth`] | `--requirepass`, AUTH, protected mode |
+//! | [`metrics`] | typed counters and histograms, the Prometheus exposition; `metrics::http`: the `/metrics` and health endpoint |
+//! | [`notify`] | the systemd notification protocol (READY, STATUS, STOPPING, WATCHDOG) |
+//! | [`build_info`] | version, git commit, toolchain (`--version`) |
 //!
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
+pub mod auth;
+pub mod build_info;
 pub mod check;
 pub mod cmd;
 pub mod config;
@@ -28,6 +34,8 @@ pub mod conn;
 pub mod coord;
 pub mod error;
 pub mod fuzzing;
+pub mod metrics;
+pub mod notify;
 pub mod resp;
 pub mod server;
 pub mod shard;

@@ -28,7 +28,12 @@ fn main() {
         .with_ansi(false)
         .with_target(false)
         .init();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), bind = %config.bind, "starting ringcache");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        git = ringcache::build_info::GIT_HASH,
+        bind = %config.bind,
+        "starting ringcache"
+    );
     if let Err(e) = ringcache::server::run(config) {
         eprintln!("ringcache: {e}");
         std::process::exit(1);

@@ -203,6 +203,18 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     };
     let global = Arc::new(Global::new(config.clone(), n, addr));
     install_signal_handlers(global.clone());
+    if let Some(m) = config.metrics_bind {
+        crate::metrics::http::spawn(m, global.clone())?;
+    }
+    if global.auth.protected_mode() && !global.auth.required() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "protected mode: no password is set (--requirepass), so clients connecting from other hosts to {addr} \
+             are refused; set a password, or --protected-mode no on a trusted network"
+        );
+    }
+    if plan.is_some() {
+        crate::notify::status(&format!("recovering {n} shards from {}", config.data_dir.display()));
+    }
     let cpus = allowed_cpus();
     let mut mesh = if n > 1 { crate::shard::mesh::full(n, MESH_CHANNEL_CAPACITY) } else { Vec::new() }.into_iter();
     let drained = Arc::new(AtomicUsize::new(0));
@@ -259,6 +271,13 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
                     );
                 }
                 recovered += 1;
+                global.published.recovered.store(recovered, Ordering::SeqCst);
+                if plan.is_some() {
+                    crate::notify::status(&format!(
+                        "recovering: {recovered} of {n} shards recovered (shard {id}: {} keys in {} ms)",
+                        stats.keys_loaded, stats.duration_ms
+                    ));
+                }
                 if recovered == n {
                     // Every shard's log is open and durable in the target generation: commit
                     // the layout (the commit point of a shard-count change), then open the port.
@@ -279,7 +298,11 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
             Event::Ready => {
                 ready += 1;
                 if ready == n {
+                    global.published.ready.store(true, Ordering::SeqCst);
                     tracing::info!(shards = n, durability = ?config.durability, "ready: listening on {addr}");
+                    crate::notify::ready(&format!("ready: {n} shards listening on {addr}"));
+                    let g = global.clone();
+                    crate::notify::spawn_watchdog(move || g.published.all_alive());
                 }
             }
             Event::Exited(id, r) => {
@@ -383,6 +406,7 @@ async fn shard_main(
     if let Some(r) = receivers {
         shard.start_receivers(r);
     }
+    publish(&shard);
     let flusher_stop = Rc::new(crate::shard::LocalEvent::default());
     let flusher = wal.map(|w| glommio::spawn_local(w.run_flusher(flusher_stop.clone())));
     // SAFETY: `fd` is a listening socket created for this shard and owned by nobody else.
@@ -418,6 +442,18 @@ async fn shard_main(
     }
 }
 
+/// Tests only (never set it in production): `RINGCACHE_TEST_RECOVERY_HOLD=PATH` holds each
+/// shard's recovery while the file PATH exists (at most 60 s), so that tests can watch the
+/// server while it recovers (health endpoint, systemd status). Blocking is fine here: the
+/// executor has nothing else to run before its recovery.
+fn hold_recovery_for_tests() {
+    let Some(path) = std::env::var_os("RINGCACHE_TEST_RECOVERY_HOLD") else { return };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&path).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Recovers this shard's store (newest snapshot, then the log) and opens its log for writing
 /// (none with `--durability off`).
 async fn recover(
@@ -427,6 +463,7 @@ async fn recover(
     plan: &RecoveryPlan,
     store: &mut Store,
 ) -> Result<(Option<Rc<ShardLog>>, Rc<SnapshotCtl>, RecoveryStats), String> {
+    hold_recovery_for_tests();
     let mut stats =
         recover_shard(&plan.data_dir, plan.layout, id as u32, n as u32, plan.mode, store).map_err(|e| e.to_string())?;
     let dir = Layout::shard_dir(&plan.data_dir, plan.generation, id as u32);
@@ -530,7 +567,28 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             .detach();
             continue;
         }
+        if stream.peer_addr().is_ok_and(|p| g.auth.refuses(p.ip())) {
+            // Redis's protected mode: the refusal, then close.
+            g.connected_clients.fetch_sub(1, Ordering::Relaxed);
+            glommio::spawn_local(async move {
+                use futures_lite::AsyncWriteExt;
+                let mut stream = stream;
+                let msg = format!("-{}\r\n", crate::auth::DENIED);
+                let _ = stream.write_all(msg.as_bytes()).await;
+                let _ = stream.close().await;
+            })
+            .detach();
+            continue;
+        }
         glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
+    }
+}
+
+/// Publishes the shard's figures for the metrics endpoint, health and the watchdog (see
+/// [`crate::metrics`]); the publication time is also the shard's heartbeat.
+fn publish(shard: &Shard) {
+    if let crate::shard::AdminResult::Report(r) = crate::shard::ops::run_admin(shard, crate::shard::AdminOp::Report) {
+        shard.global.published.publish(shard.id, *r);
     }
 }
 
@@ -552,6 +610,7 @@ async fn cron(shard: Rc<Shard>) {
             continue;
         }
         last_tick = Instant::now();
+        publish(&shard);
         if shard.gate.is_held() {
             continue;
         }

@@ -14,6 +14,7 @@
 
 pub mod keys;
 pub mod server;
+pub mod stats;
 pub mod strings;
 pub mod table;
 

@@ -77,18 +77,13 @@ pub async fn run_connection(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes],
             Ok(_) => out.error("ERR DB index is out of range"),
             Err(e) => out.error(e),
         },
-        "auth" => {
-            if args.len() == 2 {
-                out.error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
-            } else if args.len() == 3 && &args[1][..] == b"default" {
-                // The default user has no password: any password is accepted, as in Redis.
+        "auth" => match crate::auth::auth_command(&shard.global.auth, args) {
+            Ok(()) => {
+                conn.authenticated = true;
                 out.ok();
-            } else if args.len() == 3 {
-                out.error("WRONGPASS invalid username-password pair or user is disabled.");
-            } else {
-                out.error(err::SYNTAX);
             }
-        }
+            Err(e) => out.error(e),
+        },
         "hello" => hello(conn, args, buf),
         "client" => client(conn, spec, args, buf).await,
         "command" => command(spec, args, &mut out),
@@ -233,6 +228,7 @@ const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or spec
 fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
     let mut proto = conn.proto;
     let mut name = None;
+    let mut credentials = None;
     if args.len() >= 2 {
         match super::int_arg(&args[1]) {
             Ok(2) => proto = Protocol::Resp2,
@@ -248,6 +244,7 @@ fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
             let opt = upper(&args[i]);
             let more = args.len() - i - 1;
             if opt == "AUTH" && more >= 2 {
+                credentials = Some((args[i + 1].clone(), args[i + 2].clone()));
                 i += 3;
             } else if opt == "SETNAME" && more >= 1 {
                 if !valid_client_name(&args[i + 1]) {
@@ -260,6 +257,14 @@ fn hello(conn: &mut Conn, args: &[Bytes], buf: &mut Vec<u8>) {
                 return ReplyWriter::new(buf, conn.proto).error(&msg);
             }
         }
+    }
+    match credentials {
+        Some((user, pass)) => match conn.shard.global.auth.check(&user, &pass) {
+            Ok(()) => conn.authenticated = true,
+            Err(e) => return ReplyWriter::new(buf, conn.proto).error(e),
+        },
+        None if !conn.authenticated => return ReplyWriter::new(buf, conn.proto).error(crate::auth::NOAUTH_HELLO),
+        None => {}
     }
     conn.proto = proto;
     let id = {
@@ -574,6 +579,8 @@ fn config_params(conn: &Conn) -> Vec<(&'static str, String, bool)> {
         ("durability", format!("{:?}", g.config.durability).to_ascii_lowercase(), false),
         ("dir", g.config.data_dir.display().to_string(), false),
         ("timeout", "0".into(), false),
+        ("requirepass", g.auth.password_for_config(), true),
+        ("protected-mode", if g.auth.protected_mode() { "yes" } else { "no" }.into(), true),
     ]
 }
 
@@ -600,6 +607,7 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
             }
             let params = config_params(conn);
             let mut updates = Vec::new();
+            let mut text_updates = Vec::new();
             for kv in args[2..].chunks_exact(2) {
                 let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
                 let Some((pname, _, mutable)) = params.iter().find(|(n, _, _)| *n == name) else {
@@ -609,6 +617,13 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                     return out.error(&format!(
                         "ERR CONFIG SET failed (possibly related to argument '{pname}') - can't set immutable config"
                     ));
+                }
+                if let Some(update) = text_param(pname, &kv[1]) {
+                    match update {
+                        Ok(u) => text_updates.push(u),
+                        Err(e) => return out.error(&e),
+                    }
+                    continue;
                 }
                 let value = String::from_utf8_lossy(&kv[1]);
                 if *pname == "client-output-buffer-limit" {
@@ -678,6 +693,12 @@ async fn config(conn: &mut Conn, spec: &CommandSpec, args: &[Bytes], out: &mut R
                 updates.push(ConfigUpdate::Number(pname, v as usize));
             }
             let g = &conn.shard.global;
+            for u in text_updates {
+                match u {
+                    TextUpdate::RequirePass(p) => g.auth.set_password(&p),
+                    TextUpdate::ProtectedMode(on) => g.auth.set_protected_mode(on),
+                }
+            }
             for u in updates {
                 match u {
                     ConfigUpdate::Number("maxclients", v) => g.maxclients.store(v, Ordering::Relaxed),
@@ -708,6 +729,27 @@ enum ConfigUpdate {
     OutputLimits(crate::config::OutputBufferLimits),
 }
 
+/// A CONFIG SET of a parameter that is not a number.
+enum TextUpdate {
+    RequirePass(Vec<u8>),
+    ProtectedMode(bool),
+}
+
+/// Parses CONFIG SET of a text parameter; `None` for the numeric ones.
+fn text_param(name: &str, value: &[u8]) -> Option<Result<TextUpdate, String>> {
+    let failed = |why: &str| format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument {why}");
+    Some(match name {
+        "requirepass" if value.len() > crate::auth::PASSWORD_MAX_BYTES => Err(failed("is too long")),
+        "requirepass" => Ok(TextUpdate::RequirePass(value.to_vec())),
+        "protected-mode" => match upper(value).as_str() {
+            "YES" => Ok(TextUpdate::ProtectedMode(true)),
+            "NO" => Ok(TextUpdate::ProtectedMode(false)),
+            _ => Err(failed("must be 'yes' or 'no'")),
+        },
+        _ => return None,
+    })
+}
+
 /// Smallest `proto-max-bulk-len` and `client-query-buffer-limit` CONFIG SET accepts (Redis's).
 const CONFIG_MIN_MEMORY_BYTES: u64 = 1024 * 1024;
 
@@ -732,14 +774,17 @@ fn rss_bytes() -> u64 {
 
 /// Builds the INFO text for the requested sections (all default ones when none given).
 async fn info(conn: &Conn, sections: &[Bytes]) -> String {
-    let all = ["server", "clients", "memory", "persistence", "stats", "keyspace"];
+    let default = ["server", "clients", "memory", "persistence", "stats", "keyspace"];
+    let all = ["server", "clients", "memory", "persistence", "stats", "commandstats", "latencystats", "keyspace"];
     let wanted: Vec<String> = if sections.is_empty() {
-        all.iter().map(|s| s.to_string()).collect()
+        default.iter().map(|s| s.to_string()).collect()
     } else {
         let mut w = Vec::new();
         for s in sections {
             let s = String::from_utf8_lossy(s).to_ascii_lowercase();
-            if matches!(s.as_str(), "all" | "everything" | "default") {
+            if s == "default" {
+                w.extend(default.iter().map(|s| s.to_string()));
+            } else if matches!(s.as_str(), "all" | "everything") {
                 w.extend(all.iter().map(|s| s.to_string()));
             } else {
                 w.push(s);
@@ -770,6 +815,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             total.commands_processed += r.commands_processed;
             total.net_input_bytes += r.net_input_bytes;
             total.net_output_bytes += r.net_output_bytes;
+            total.commands.merge(&r.commands);
         }
     }
     let mut s = String::new();
@@ -789,11 +835,13 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
     section(
         "server",
         format!(
-            "redis_version:{REDIS_COMPAT_VERSION}\r\nringcache_version:{}\r\nredis_mode:standalone\r\nos:{uname}\r\n\
+            "redis_version:{REDIS_COMPAT_VERSION}\r\nringcache_version:{}\r\nringcache_git:{}\r\nringcache_build:{}\r\nredis_mode:standalone\r\nos:{uname}\r\n\
              arch_bits:64\r\nmultiplexing_api:io_uring\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
              server_time_usec:{now_us}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nshards:{}\r\n\
              executable:{}\r\nconfig_file:\r\n",
             env!("CARGO_PKG_VERSION"),
+            crate::build_info::GIT_HASH,
+            crate::build_info::PROFILE,
             std::process::id(),
             g.run_id,
             g.listen_addr.port(),
@@ -834,7 +882,7 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
         format!(
             "total_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\n\
              total_net_output_bytes:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\
-             keyspace_hits:{}\r\nkeyspace_misses:{}\r\n",
+             keyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:{}\r\n",
             g.total_connections_received.load(Ordering::Relaxed),
             total.commands_processed,
             total.net_input_bytes,
@@ -844,8 +892,11 @@ async fn info(conn: &Conn, sections: &[Bytes]) -> String {
             total.store.evicted_keys,
             total.store.keyspace_hits,
             total.store.keyspace_misses,
+            total.commands.error_replies,
         ),
     );
+    section("commandstats", total.commands.info_commandstats());
+    section("latencystats", total.commands.info_latencystats());
     let keyspace = if total.store.keys > 0 {
         format!("db0:keys={},expires={},avg_ttl=0\r\n", total.store.keys, total.store.keys_with_ttl)
     } else {
@@ -903,6 +954,20 @@ fn persistence(
         sum(&|w| w.recovery.keys_loaded),
         wals.iter().map(|w| w.recovery.duration_ms).max().unwrap_or(0),
     );
+    // Flush (write + fsync) latency over every shard, Redis's latencystats format, and the
+    // writes that waited because the log was more than twice its buffer behind.
+    let mut lat = crate::metrics::HistogramSnapshot::default();
+    wals.iter().for_each(|w| lat.merge(&w.stats.flush_latency));
+    let q = |q: f64| lat.quantile_ns(q) as f64 / 1000.0;
+    let _ = write!(
+        s,
+        "wal_fsync_latency_usec:p50={:.3},p99={:.3},p99.9={:.3}\r\nwal_delayed_writes:{}\r\naof_delayed_fsync:{}\r\n",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        sum(&|w| w.stats.delayed_writes),
+        sum(&|w| w.stats.delayed_writes),
+    );
     for (i, w) in wals.iter().enumerate() {
         let state = match &w.fault {
             None => "ok".to_string(),
@@ -924,11 +989,13 @@ fn snapshot_fields(s: &mut String, g: &crate::shard::Global, snaps: &[crate::sha
     let _ = write!(
         s,
         "rdb_bgsave_in_progress:{}\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:{}\r\nrdb_saves:{}\r\n\
-         snapshot_enabled:{}\r\n",
+         rdb_last_bgsave_time_sec:{}\r\nsnapshot_enabled:{}\r\n",
         (g.bgsave_in_progress.load(Ordering::Relaxed) || snaps.iter().any(|r| r.running)) as u8,
         g.lastsave_s(),
         if ok { "ok" } else { "err" },
         sum(&|r| r.stats.taken),
+        // Redis: -1 before the first save.
+        if sum(&|r| r.stats.taken) == 0 { -1 } else { (max(&|r| r.stats.last_ms) / 1000) as i64 },
         (!snaps.is_empty()) as u8,
     );
     if snaps.is_empty() {

@@ -24,6 +24,7 @@
 //! never take a gate; they only check that it is free (one `Cell` read).
 
 pub mod mesh;
+pub mod metrics;
 pub mod ops;
 
 use crate::config::Config;
@@ -91,6 +92,11 @@ pub struct Global {
     /// `maxmemory-policy`, as [`crate::store::Policy::code`].
     pub maxmemory_policy: std::sync::atomic::AtomicU8,
     pub maxmemory_samples: AtomicUsize,
+    /// Each shard's figures as of its last housekeeping tick, for the metrics endpoint, health
+    /// and the systemd watchdog (see [`crate::metrics`]).
+    pub published: crate::metrics::Published,
+    /// The default user's password (`--requirepass`, CONFIG SET requirepass); see [`crate::auth`].
+    pub auth: crate::auth::Auth,
 }
 
 /// SHUTDOWN without SAVE/NOSAVE: `--snapshot-on-shutdown` decides.
@@ -123,6 +129,8 @@ impl Global {
             maxmemory_bytes: AtomicU64::new(config.maxmemory as u64),
             maxmemory_policy: std::sync::atomic::AtomicU8::new(config.maxmemory_policy.code()),
             maxmemory_samples: AtomicUsize::new(usize::from(config.maxmemory_samples)),
+            published: crate::metrics::Published::new(shards),
+            auth: crate::auth::Auth::new(config.requirepass.as_ref(), config.protected_mode),
             shards,
             config,
         }
@@ -151,7 +159,9 @@ impl Global {
     }
 
     pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        if !self.shutdown.swap(true, Ordering::SeqCst) {
+            crate::notify::stopping();
+        }
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -208,6 +218,8 @@ pub struct ShardStats {
     pub commands_processed: Cell<u64>,
     pub net_input_bytes: Cell<u64>,
     pub net_output_bytes: Cell<u64>,
+    /// Per-command calls, failures and latency (INFO commandstats, latencystats).
+    pub commands: crate::cmd::stats::CommandStats,
 }
 
 /// What CLIENT LIST shows about one connection.

@@ -78,6 +78,7 @@ pub struct ShardReport {
     pub connected_clients: u64,
     pub wal: Option<WalReport>,
     pub snapshot: Option<SnapshotReport>,
+    pub commands: crate::cmd::stats::CommandStatsSnapshot,
 }
 
 /// A shard's snapshot figures for INFO persistence.
@@ -140,9 +141,11 @@ pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> (Respon
         let mut w = ReplyWriter::new(&mut out, proto);
         match cmd::lookup(&args[0]) {
             Some(spec) => {
+                let (start, at) = (std::time::Instant::now(), w.buf.len());
                 let mut cx = exec(shard, &mut store);
                 cmd::execute_keyed(spec, args, &mut cx, &mut w);
                 observed = observed.max(cx.observed_lsn);
+                shard.stats.commands.record(spec, start, cmd::stats::is_error_reply(w.buf, at));
             }
             None => w.error_bytes(&cmd::unknown_command_error(args)),
         }
@@ -263,6 +266,7 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
                     recovery: shard.recovery.borrow().clone(),
                 }
             }),
+            commands: shard.stats.commands.snapshot(),
         })),
         AdminOp::ClientList => {
             let clients = shard.clients.borrow();
@@ -275,6 +279,7 @@ pub fn run_admin(shard: &Shard, op: AdminOp) -> AdminResult {
             shard.stats.commands_processed.set(0);
             shard.stats.net_input_bytes.set(0);
             shard.stats.net_output_bytes.set(0);
+            shard.stats.commands.reset();
             AdminResult::Done
         }
     }

@@ -65,6 +65,7 @@ pub mod format;
 
 pub mod file;
 pub mod load;
+pub mod metrics;
 pub mod task;
 
 pub use format::Compression;

@@ -53,6 +53,7 @@
 
 pub mod entry;
 pub mod evict;
+pub mod metrics;
 pub mod table;
 
 pub use entry::Entry;

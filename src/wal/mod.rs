@@ -73,6 +73,7 @@ pub use recovery::{Corruption, Evidence, LogOutcome, LogScanner, RecoveryAction,
 pub use scan::{scan_segment, Damage, LaterFlush, Records, SegmentEnd, SegmentScan};
 
 pub mod file;
+pub mod metrics;
 pub mod replay;
 pub mod writer;
 

@@ -74,7 +74,11 @@ pub struct LogStats {
     pub segments_created: u64,
     pub flush_us_total: u64,
     pub flush_us_max: u64,
+    /// Replies held back by backpressure (see `count_delayed_write`).
     pub delayed_writes: u64,
+    /// Time of each flush (write + sync) in ns: INFO's fsync percentiles, the
+    /// `ringcache_wal_flush_duration_seconds` histogram.
+    pub flush_latency: crate::metrics::HistogramSnapshot,
 }
 
 struct Segment {
@@ -154,6 +158,12 @@ impl ShardLog {
 
     pub fn stats(&self) -> LogStats {
         self.stats.borrow().clone()
+    }
+
+    /// Counts a reply held back because the log is too far behind (backpressure in `async`
+    /// mode): INFO `wal_delayed_writes`, Redis's `aof_delayed_fsync`.
+    pub fn count_delayed_write(&self) {
+        self.stats.borrow_mut().delayed_writes += 1;
     }
 
     /// The error reply for a write command, if the log cannot take writes now.
@@ -376,7 +386,9 @@ impl ShardLog {
                     let mut st = self.stats.borrow_mut();
                     st.flushes += 1;
                     st.records += records;
-                    let us = start.elapsed().as_micros() as u64;
+                    let ns = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+                    st.flush_latency.record_ns(ns);
+                    let us = ns / 1000;
                     st.flush_us_total += us;
                     st.flush_us_max = st.flush_us_max.max(us);
                 }

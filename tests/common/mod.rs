@@ -209,6 +209,17 @@ pub enum Reply {
 }
 
 impl Raw {
+    /// A raw connection to any address (the harness's [`Server::raw`] uses the server's).
+    pub fn connect(addr: SocketAddr) -> Raw {
+        Raw::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    pub fn from_stream(s: TcpStream) -> Raw {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Raw { s, buf: Vec::new() }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).expect("write");
     }
