@@ -121,6 +121,7 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
             return;
         }
     };
+    let t0 = Instant::now();
     let dir = m.mnt.join("data");
     std::fs::create_dir_all(&dir).unwrap();
     // 4 MiB segments: the log needs 4 MiB of free space for each new one.
@@ -137,7 +138,9 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
         }
         let _: () = cmd.query(&mut c).unwrap();
     }
+    eprintln!("{:?}: loaded", t0.elapsed());
     let _: String = redis::cmd("SAVE").query(&mut c).expect("first SAVE");
+    eprintln!("{:?}: saved", t0.elapsed());
     let shard = shard_dir(&dir, 0);
     let snaps = find_files(&shard, ".snap");
     assert_eq!(snaps.len(), 1, "{snaps:?}");
@@ -145,11 +148,16 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
 
     // Leave 1 MiB: less than a snapshot (~3 MiB) and than a segment (4 MiB).
     let filler = fill(&m, 1 << 20);
-    eprintln!("filled: {} bytes free", m.free_bytes());
+    eprintln!("{:?}: filled, {} bytes free", t0.elapsed(), m.free_bytes());
 
+    // The log still has room in its preallocated segment.
+    for i in 3000..3010 {
+        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(value(i)).query(&mut c).unwrap();
+        acked.push(i);
+    }
     // A snapshot that hits ENOSPC fails and leaves the previous one.
     let e = redis::cmd("SAVE").query::<String>(&mut c).unwrap_err();
-    assert!(e.to_string().contains("ERR"), "{e}");
+    assert_eq!(e.code(), Some("ERR"), "Redis's reply to a failed SAVE: {e}");
     let i = info(&mut c);
     assert!(i["snapshot_shard0"].contains("No space left"), "{i:?}");
     assert_eq!(find_files(&shard, ".snap"), snaps, "the previous snapshot must stay");
@@ -159,10 +167,15 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
     // Writes go on in the current (preallocated) segment until it is full; the next segment
     // cannot be allocated. One writer's reply is then held.
     let addr = server.addr;
+    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop_writing.clone();
     let writer = std::thread::spawn(move || {
         let mut c = connect(addr);
         let mut done = Vec::new();
-        for i in 3000..20_000 {
+        for i in 3010..20_000 {
+            if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let r: redis::RedisResult<()> = redis::cmd("SET").arg(format!("k{i}")).arg(value(i)).query(&mut c);
             match r {
                 Ok(()) => done.push(i),
@@ -177,6 +190,7 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
         assert!(Instant::now() < deadline, "the log never reported a full disk");
         std::thread::sleep(Duration::from_millis(20));
     }
+    eprintln!("{:?}: the log reports a full disk", t0.elapsed());
     let e = redis::cmd("SET").arg("new").arg("x").query::<String>(&mut c).unwrap_err();
     let msg = e.to_string();
     eprintln!("reply to a write on a full disk: {msg}");
@@ -188,8 +202,10 @@ fn full_disk_refuses_writes_clearly_keeps_reads_and_snapshots_and_resumes_withou
     assert!(!writer.is_finished(), "a write was acknowledged (or failed) while its flush could not be written");
 
     // Free the space: the held write completes, writes resume.
+    stop_writing.store(true, std::sync::atomic::Ordering::SeqCst);
     std::fs::remove_file(&filler).unwrap();
     let (done, failed) = writer.join().unwrap();
+    eprintln!("{:?}: space freed, the held write completed", t0.elapsed());
     assert!(failed.is_none(), "a write failed instead of waiting for space: {failed:?}");
     acked.extend(done);
     let _: () = redis::cmd("SET").arg("new").arg("x").query(&mut c).unwrap();
