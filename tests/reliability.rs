@@ -147,3 +147,70 @@ fn kth_log_io_failure_through_the_server_never_acknowledges_without_durability()
         }
     }
 }
+
+// The oracle itself: it must reject what recovery must never produce.
+
+use reliability_common::oracle::{encode_value, Figures, KState, WriterModel, ABSENT};
+
+fn set(m: &WriterModel, slot: usize, seq: u64) -> KState {
+    KState { val: Some(encode_value(&m.keys[slot], m.id, seq)), expire_at_s: None }
+}
+
+/// A writer on one shard with three acknowledged SETs of slot 0, 1, 0 and one in flight on
+/// slot 1.
+fn history() -> (WriterModel, [KState; 4]) {
+    let mut m = WriterModel::new(3, 1);
+    let s = [set(&m, 0, 1), set(&m, 1, 2), set(&m, 0, 3), set(&m, 1, 4)];
+    for (i, (slot, st)) in [(0, &s[0]), (1, &s[1]), (0, &s[2])].into_iter().enumerate() {
+        m.issue(i as u64 + 1, format!("SET {slot}"), vec![(slot, st.clone())]);
+        m.ack();
+    }
+    m.issue(4, "SET 1".into(), vec![(1, s[3].clone())]);
+    (m, s)
+}
+
+fn state(s0: &KState, s1: &KState) -> Vec<KState> {
+    vec![s0.clone(), s1.clone(), ABSENT, ABSENT, ABSENT]
+}
+
+#[test]
+fn oracle_sync_accepts_acked_or_in_flight_and_rejects_loss_and_phantoms() {
+    let t = std::time::Instant::now();
+    let verify = |now: Vec<KState>| {
+        let (mut m, _) = history();
+        let mut f = Figures::default();
+        (m.verify(&now, true, t, &[], &mut f), f)
+    };
+    let (_, s) = history();
+    assert!(verify(state(&s[2], &s[1])).0.is_empty(), "the acknowledged state");
+    let (e, f) = verify(state(&s[2], &s[3]));
+    assert!(e.is_empty() && f.inflight_survived == 1, "the in-flight write may survive");
+    let (e, f) = verify(state(&s[0], &s[1]));
+    assert!(!e.is_empty() && f.lost_acked == 1, "an acknowledged write lost: {e:?}");
+    let forged = KState { val: Some("rl:w3:k0|w3|s9|0000000000000000".into()), expire_at_s: None };
+    let (e, f) = verify(state(&forged, &s[1]));
+    assert!(!e.is_empty() && f.phantom == 1, "a value never written: {e:?}");
+    // A reader saw the in-flight value: it must survive.
+    let (mut m, s) = history();
+    let mut f = Figures::default();
+    let e = m.verify(&state(&s[2], &s[1]), true, t, &[(1, s[3].val.clone().unwrap())], &mut f);
+    assert!(!e.is_empty(), "a value a reader was shown was lost");
+}
+
+#[test]
+fn oracle_async_accepts_prefixes_only() {
+    let t = std::time::Instant::now();
+    let (_, s) = history();
+    let run = |now: Vec<KState>| {
+        let (mut m, _) = history();
+        let mut f = Figures::default();
+        (m.verify(&now, false, t, &[], &mut f), f)
+    };
+    let (e, f) = run(state(&s[0], &s[1]));
+    assert!(e.is_empty() && f.lost_acked == 1, "a prefix (the last SET lost): {e:?} {f}");
+    let (e, f) = run(state(&ABSENT, &ABSENT));
+    assert!(e.is_empty() && f.lost_acked == 3, "the empty prefix: {e:?} {f}");
+    // SET 3 kept while SET 2 on the same shard was lost: not a prefix.
+    let (e, f) = run(state(&s[2], &ABSENT));
+    assert!(!e.is_empty() && f.phantom == 1, "a hole: {e:?}");
+}

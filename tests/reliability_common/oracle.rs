@@ -325,10 +325,8 @@ pub fn seen_by_writer(models: &[WriterModel], seen: &[(String, String)]) -> Hash
 }
 
 /// Bound on the async loss window the oracle accepts: the flush interval, plus the time a
-/// flush itself can take on a loaded test machine.
+/// flush itself can take on a loaded test machine (a flush stalled for seconds, or no timer
+/// flush at all, fails it).
 pub fn async_window_bound(flush_interval_ms: u64) -> Duration {
-    Duration::from_millis(flush_interval_ms + 1500)
+    Duration::from_millis(flush_interval_ms + 2000)
 }
-
-#[cfg(test)]
-mod tests {}
