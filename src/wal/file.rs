@@ -1,5 +1,6 @@
 //! The file layer under the log: direct I/O when the filesystem allows it, buffered I/O
-//! otherwise, and nothing else.
+//! otherwise. Tests add two more: a real file with injected failures ([`FaultPlan`]) and a
+//! file on the simulated disk of the power-loss tests ([`super::sim`]).
 //!
 //! # Direct I/O
 //! Segments are opened with `O_DIRECT | O_DSYNC`: every write goes from an aligned buffer
