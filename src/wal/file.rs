@@ -1,5 +1,6 @@
 //! The file layer under the log: direct I/O when the filesystem allows it, buffered I/O
-//! otherwise, and nothing else.
+//! otherwise. Tests add two more: a real file with injected failures ([`FaultPlan`]) and a
+//! file on the simulated disk of the power-loss tests ([`super::sim`]).
 //!
 //! # Direct I/O
 //! Segments are opened with `O_DIRECT | O_DSYNC`: every write goes from an aligned buffer
@@ -55,6 +56,8 @@ pub enum LogFile {
     Buffered(BufferedFile),
     /// A real file whose durable writes fail on command (tests only; see [`FaultPlan`]).
     Faulty(Box<LogFile>, std::rc::Rc<FaultPlan>),
+    /// A file on the simulated disk of the power-loss tests ([`super::sim`]).
+    Sim(std::rc::Rc<super::sim::SimDisk>, super::sim::SimFile),
 }
 
 /// Injected failures, for tests of the failure paths through the real binary. Read once from
@@ -62,13 +65,18 @@ pub enum LogFile {
 /// - `eio_at=N`: the N-th durable write (counting from 1, per shard) and every later one fail
 ///   with EIO, as a failed fsync would (the log must then never acknowledge again);
 /// - `enospc_while=PATH`: durable writes fail with ENOSPC while the file PATH exists;
-/// - `snap_enospc_while=PATH`: snapshot file writes fail with ENOSPC while PATH exists.
+/// - `snap_enospc_while=PATH`: snapshot file writes fail with ENOSPC while PATH exists;
+/// - `op_eio_once=K` / `op_eio_from=K`: the K-th I/O operation on log segments (preallocation
+///   or durable write, counting from 1, per shard) fails with EIO, once / and every later one.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     eio_at: Option<u64>,
     enospc_while: Option<PathBuf>,
     snap_enospc_while: Option<PathBuf>,
     writes: std::cell::Cell<u64>,
+    /// `(K, every later one too)`.
+    op_eio: Option<(u64, bool)>,
+    ops: std::cell::Cell<u64>,
 }
 
 impl FaultPlan {
@@ -81,6 +89,8 @@ impl FaultPlan {
                 Some(("eio_at", n)) => plan.eio_at = n.parse().ok(),
                 Some(("enospc_while", p)) => plan.enospc_while = Some(PathBuf::from(p)),
                 Some(("snap_enospc_while", p)) => plan.snap_enospc_while = Some(PathBuf::from(p)),
+                Some(("op_eio_once", n)) => plan.op_eio = n.parse().ok().map(|k| (k, false)),
+                Some(("op_eio_from", n)) => plan.op_eio = n.parse().ok().map(|k| (k, true)),
                 _ => tracing::warn!("ignoring unknown RINGCACHE_TEST_FAULTS entry '{part}'"),
             }
         }
@@ -96,7 +106,18 @@ impl FaultPlan {
         Ok(())
     }
 
+    /// Counts one I/O operation on a segment; fails it if the plan says so.
+    fn check_op(&self) -> io::Result<()> {
+        let n = self.ops.get() + 1;
+        self.ops.set(n);
+        match self.op_eio {
+            Some((k, from)) if n == k || (from && n > k) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self) -> io::Result<()> {
+        self.check_op()?;
         let n = self.writes.get() + 1;
         self.writes.set(n);
         if self.eio_at.is_some_and(|at| n >= at) {
@@ -163,6 +184,7 @@ impl LogFile {
                 plan.check()?;
                 Box::pin(inner.write_durable(data, pos)).await
             }
+            LogFile::Sim(disk, f) => disk.write_durable(f, data, pos),
             LogFile::Direct(f) => {
                 let buf = AlignedBuf::copy_of(data)?;
                 let f = f.clone();
@@ -190,7 +212,11 @@ impl LogFile {
     /// and makes the file's size durable.
     pub async fn preallocate(&self, size: u64) -> io::Result<()> {
         match self {
-            LogFile::Faulty(inner, _) => Box::pin(inner.preallocate(size)).await,
+            LogFile::Faulty(inner, plan) => {
+                plan.check_op()?;
+                Box::pin(inner.preallocate(size)).await
+            }
+            LogFile::Sim(disk, f) => disk.preallocate(f, size),
             LogFile::Direct(f) => {
                 let f = f.clone();
                 glommio::executor()
@@ -215,6 +241,7 @@ impl LogFile {
     pub async fn close(self) -> io::Result<()> {
         match self {
             LogFile::Faulty(inner, _) => Box::pin(inner.close()).await,
+            LogFile::Sim(..) => Ok(()),
             // Every write was durable when it returned; dropping the last reference closes it.
             LogFile::Direct(_) => Ok(()),
             LogFile::Buffered(f) => f.close().await.map_err(io_err),

@@ -48,6 +48,8 @@
 //! - [`file`]: the segment file (O_DIRECT + O_DSYNC, buffered fallback), directory fsync.
 //! - [`writer`]: the per-shard writer: group commit, rotation, durability modes, failures.
 //! - [`replay`]: the data directory layout and recovery at startup.
+//! - [`sim`]: a simulated disk that keeps written apart from synced, for the power-loss and
+//!   I/O-fault tests (`tests/power_loss.rs`); the real writer runs on it.
 
 // The pure format code reads untrusted bytes: every item documented, and no construct that can
 // panic on input.
@@ -75,6 +77,7 @@ pub use scan::{scan_segment, Damage, LaterFlush, Records, SegmentEnd, SegmentSca
 pub mod file;
 pub mod metrics;
 pub mod replay;
+pub mod sim;
 pub mod writer;
 
 pub use writer::{Durability, LogConfig, LogFault, ShardLog};

@@ -125,13 +125,30 @@ pub struct ShardLog {
     undurable: RefCell<std::collections::HashMap<Box<[u8]>, u64>>,
     /// LSN of a FLUSHALL not yet durable (0: none): it is observed by every read.
     undurable_flushall: Cell<u64>,
+    /// The simulated disk the power-loss tests run the writer on (`None`: the real files).
+    sim: Option<Rc<super::sim::SimDisk>>,
 }
 
 impl ShardLog {
     /// A writer that will append from `next_lsn`. The first flush creates a new segment.
     pub fn new(cfg: LogConfig, next_lsn: u64) -> Rc<ShardLog> {
+        Rc::new(Self::build(cfg, next_lsn, super::file::FaultPlan::from_env().map(Rc::new), None))
+    }
+
+    /// A writer whose segments live on the simulated disk `disk` instead of real files (the
+    /// power-loss and I/O-fault tests, `src/wal/sim.rs`). Everything else is the real writer.
+    pub fn on_sim_disk(cfg: LogConfig, next_lsn: u64, disk: Rc<super::sim::SimDisk>) -> Rc<ShardLog> {
+        Rc::new(Self::build(cfg, next_lsn, None, Some(disk)))
+    }
+
+    fn build(
+        cfg: LogConfig,
+        next_lsn: u64,
+        faults: Option<Rc<super::file::FaultPlan>>,
+        sim: Option<Rc<super::sim::SimDisk>>,
+    ) -> ShardLog {
         let cap = cfg.buffer_bytes.min(8 << 20);
-        Rc::new(ShardLog {
+        ShardLog {
             pending: RefCell::new(FlushBuf::with_capacity(next_lsn, cap)),
             spare: RefCell::new(Some(FlushBuf::with_capacity(next_lsn, cap))),
             segment: RefCell::new(None),
@@ -141,11 +158,12 @@ impl ShardLog {
             kick: RefCell::new(Rc::new(LocalEvent::default())),
             wake: RefCell::new(Rc::new(LocalEvent::default())),
             stats: RefCell::new(LogStats::default()),
-            faults: super::file::FaultPlan::from_env().map(Rc::new),
+            faults,
             undurable: RefCell::default(),
             undurable_flushall: Cell::new(0),
+            sim,
             cfg,
-        })
+        }
     }
 
     pub fn durability(&self) -> Durability {
@@ -443,6 +461,13 @@ impl ShardLog {
         Ok(())
     }
 
+    async fn create_file(&self, path: &std::path::Path) -> std::io::Result<LogFile> {
+        match &self.sim {
+            Some(disk) => Ok(LogFile::Sim(disk.clone(), disk.create(path)?)),
+            None => LogFile::create(path, self.cfg.io_mode).await,
+        }
+    }
+
     /// Closes the current segment and starts `wal-<first_lsn>.log`.
     async fn rotate(&self, first_lsn: u64) -> std::io::Result<()> {
         let old = self.segment.borrow_mut().take();
@@ -452,12 +477,15 @@ impl ShardLog {
             }
         }
         let path = self.cfg.dir.join(segment_file_name(first_lsn));
-        let file = match LogFile::create(&path, self.cfg.io_mode).await {
+        let file = match self.create_file(&path).await {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // A segment named after the next LSN can only be one whose creation was
                 // interrupted before its first flush (recovery found no record in it): replace it.
-                std::fs::remove_file(&path)?;
-                LogFile::create(&path, self.cfg.io_mode).await?
+                match &self.sim {
+                    Some(disk) => disk.remove(&path)?,
+                    None => std::fs::remove_file(&path)?,
+                }
+                self.create_file(&path).await?
             }
             r => r?,
         };
@@ -474,7 +502,10 @@ impl ShardLog {
             SegmentHeader { shard_id: self.cfg.shard_id, shard_count: self.cfg.shard_count, first_lsn, segment_id: id };
         let block = header.to_block().map_err(|e| std::io::Error::other(e.to_string()))?;
         file.write_durable(&block, 0).await?;
-        sync_dir_async(&self.cfg.dir).await?;
+        match &self.sim {
+            Some(disk) => disk.sync_dir(&self.cfg.dir)?,
+            None => sync_dir_async(&self.cfg.dir).await?,
+        }
         self.stats.borrow_mut().segments_created += 1;
         *self.segment.borrow_mut() = Some(Segment { file: Rc::new(file), id, offset: BLOCK_SIZE as u64 });
         Ok(())
