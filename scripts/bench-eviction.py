@@ -15,6 +15,10 @@ Requests are sent in pipelined batches of BATCH GETs, then the SETs of that batc
 offline LRU replays exactly those batch semantics (a key missed twice in one batch misses twice).
 The first WARMUP share of requests fills the cache and is not counted.
 
+A reply that does not come within STALL_S seconds stops the run with the server's socket state
+(ss), its CLIENT LIST, whether that extra connection released the reply, and the server's log
+(kept in a temporary file; deleted after a clean run).
+
 Usage: scripts/bench-eviction.py BINARY [--requests N] [--port P] [--out FILE]
 """
 
@@ -26,6 +30,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 KEYS = 100_000
@@ -41,6 +46,9 @@ POLICIES = ["allkeys-lru", "allkeys-lfu", "allkeys-random", "allkeys-s3fifo"]
 # Bytes the server holds per resident key at these sizes (entry size class 128 + bucket slot
 # 8..16 + ghost): the limit is set from it, and the resident key count is measured anyway.
 BYTES_PER_KEY = 144
+# A reply that takes longer than this is a stall (a batch takes milliseconds): the run stops with
+# the server's socket state, its CLIENT LIST and its log instead of hanging.
+STALL_S = 30
 
 
 def zipf_trace(n, seed):
@@ -79,14 +87,25 @@ def resp(*args):
     return b"".join(out)
 
 
+class Stall(Exception):
+    pass
+
+
 class Conn:
-    def __init__(self, port):
+    def __init__(self, port, timeout=STALL_S):
         self.s = socket.create_connection(("127.0.0.1", port))
+        self.s.settimeout(timeout)
         self.buf = b""
+
+    def recv(self):
+        try:
+            return self.s.recv(1 << 20)
+        except socket.timeout:
+            raise Stall() from None
 
     def _line(self):
         while b"\r\n" not in self.buf:
-            d = self.s.recv(1 << 20)
+            d = self.recv()
             if not d:
                 raise RuntimeError("server closed the connection")
             self.buf += d
@@ -95,7 +114,7 @@ class Conn:
 
     def _exact(self, n):
         while len(self.buf) < n:
-            self.buf += self.s.recv(1 << 20)
+            self.buf += self.recv()
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
@@ -118,11 +137,35 @@ class Conn:
         return self.reply()
 
 
+def stall_report(c, port, proc, log_path):
+    """What the server looked like when a reply stopped coming, then whether opening one more
+    connection (for CLIENT LIST) let the stuck reply through."""
+    ss = subprocess.run(["ss", "-tnpi", f"( sport = :{port} )"], capture_output=True, text=True).stdout
+    try:
+        clients = Conn(port, timeout=5).call(b"CLIENT", b"LIST").decode()
+    except (OSError, Stall) as e:
+        clients = f"(CLIENT LIST failed: {e!r})"
+    c.s.settimeout(5)
+    try:
+        late = c.s.recv(1 << 20)
+        after = f"{len(late)} reply bytes arrived within 5 s of the extra connection"
+    except socket.timeout:
+        after = "still nothing 5 s after the extra connection"
+    with open(log_path, errors="replace") as f:
+        log = f.read()[-4000:]
+    return (f"no reply for {STALL_S} s (server pid {proc.pid}, exit status {proc.poll()})\n"
+            f"ss (server side):\n{ss}\nCLIENT LIST:\n{clients}\n{after}\n"
+            f"server log {log_path} (tail):\n{log}")
+
+
 def run_server(binary, policy, maxmemory, trace, port):
+    # The server's own output is kept: a panic or warning is the first thing to read after a stall.
+    log = tempfile.NamedTemporaryFile(prefix="bench-eviction-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [binary, "--bind", f"127.0.0.1:{port}", "--threads", "1", "--durability", "off",
          "--maxmemory", str(maxmemory), "--maxmemory-policy", policy],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=log, stderr=subprocess.STDOUT)
+    c = None
     try:
         for _ in range(200):
             try:
@@ -155,10 +198,14 @@ def run_server(binary, policy, maxmemory, trace, port):
                 resident.append(int(c.call(b"DBSIZE")[1:]))
         info = c.call(b"INFO", b"memory").decode()
         used = int(next(l.split(":")[1] for l in info.split("\r\n") if l.startswith("used_memory:")))
+        os.unlink(log.name)
         return hits / counted, sum(resident) // max(1, len(resident)), used
+    except Stall:
+        raise RuntimeError(f"{policy}, maxmemory {maxmemory}: " + stall_report(c, port, proc, log.name)) from None
     finally:
         proc.terminate()
         proc.wait()
+        log.close()
 
 
 def exact_lru(trace, capacity):
