@@ -716,9 +716,8 @@ fn help_options() -> Vec<(String, Option<String>)> {
                 return None;
             }
             // clap quotes a default that holds spaces: `[default: "normal 1gb 256mb 60 ..."]`.
-            let default = b
-                .rsplit_once("[default: ")
-                .map(|(_, d)| d.split(']').next().unwrap().trim_matches('"').to_string());
+            let default =
+                b.rsplit_once("[default: ").map(|(_, d)| d.split(']').next().unwrap().trim_matches('"').to_string());
             Some((name, default))
         })
         .collect()
