@@ -22,8 +22,11 @@
 //! Eviction metadata thus costs no byte per entry (see `docs/EVICTION.md`).
 //!
 //! Safety: an `Entry` uniquely owns its allocation and, through the `next` slot, the rest of
-//! its chain. All unsafe code is in this file: pointer arithmetic over a layout computed in one
-//! place (`layout`) and the reinterpretation of the `next` slot as `Option<Entry>`.
+//! its chain. All unsafe code *on an entry's bytes* is in this file: pointer arithmetic over a
+//! layout computed in one place (`layout`) and the reinterpretation of the `next` slot as
+//! `Option<Entry>`. (The store dereferences entry pointers it just got from the table and
+//! writes eviction metadata through `meta_ptr`; the table issues prefetch hints. Each such
+//! block says why it is sound.)
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::ptr::NonNull;
