@@ -102,7 +102,7 @@ pub fn command_parse(data: &[u8]) {
     let _ = parser.parse(&mut buf, &mut cmds);
     let mut store = Store::new(0x5eed);
     let mut reply = Vec::new();
-    for args in &cmds {
+    for args in &mut cmds {
         reply.clear();
         let mut w = ReplyWriter::new(&mut reply, Protocol::Resp2);
         // The same checks, in the same order, as `conn::execute_all`.

@@ -12,6 +12,7 @@
 //! | [`cmd`] | the command table and every command, one file per family |
 //! | [`shard`] | a shard's state, the multi-shard gate; `shard::mesh`: the channels between shards; `shard::ops`: work run on behalf of other shards |
 //! | [`coord`] | multi-key commands whose keys span shards |
+//! | [`large`] | values of 1 MiB or more: page-mapped buffers that grow and are shared without copies |
 //! | [`store`] | a shard's keyspace: the hash table and its entries; `store::evict`: eviction policies (`maxmemory`) |
 //! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`); `sim`: a simulated disk for power-loss tests |
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
@@ -34,6 +35,7 @@ pub mod conn;
 pub mod coord;
 pub mod error;
 pub mod fuzzing;
+pub mod large;
 pub mod metrics;
 pub mod notify;
 pub mod resp;

@@ -128,6 +128,15 @@ impl Exec<'_> {
         self.write_entry(Entry::new(key, value, expire_at_ms));
     }
 
+    /// As [`Exec::write_set`] for a value taken from the request: a large value's bytes are
+    /// adopted by the entry, not copied (see `crate::store::entry`).
+    pub fn write_set_bytes(&mut self, key: &[u8], value: Bytes, expire_at_ms: Option<u64>) {
+        if expire_at_ms.is_none_or(|t| t > self.now_ms) {
+            self.make_room(key, Entry::held_bytes_for(key.len(), value.len(), expire_at_ms.is_some()));
+        }
+        self.write_entry(Entry::from_bytes(key, value, expire_at_ms));
+    }
+
     /// Stores a prebuilt entry (values built in place by APPEND/SETRANGE/INCR).
     pub fn write_entry(&mut self, entry: Entry) {
         if entry.is_expired(self.now_ms) {
@@ -187,7 +196,10 @@ pub fn int_arg(arg: &[u8]) -> Result<i64, &'static str> {
 /// Runs a key command whose keys all belong to the store in `cx`. The arity has been checked.
 /// A write command is refused (before it changes anything) when the shard's log cannot take
 /// writes.
-pub fn execute_keyed(spec: &CommandSpec, args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+///
+/// Commands that store an argument as a value (SET, MSET, ...) take it out of `args` (leaving
+/// an empty `Bytes`), so that a large value is adopted by the store rather than copied.
+pub fn execute_keyed(spec: &CommandSpec, args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     if let Some(refusal) = cx.wal.and_then(|w| w.write_refusal()).filter(|_| spec.is_write()) {
         return out.error(&refusal);
     }

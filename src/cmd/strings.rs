@@ -101,7 +101,7 @@ pub fn get(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     }
 }
 
-pub fn set(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+pub fn set(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     let o = match parse_set_options(&args[3..], Form::Set) {
         Ok(o) => o,
         Err(e) => return out.error(e),
@@ -133,21 +133,23 @@ pub fn set(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
         return;
     }
     let expire = if o.keepttl { old_ttl } else { expire_at_ms };
-    cx.write_set(key, &args[2], expire);
+    let value = std::mem::take(&mut args[2]);
+    cx.write_set_bytes(&args[1], value, expire);
     if !o.get {
         out.ok();
     }
 }
 
-pub fn setnx(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+pub fn setnx(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     if cx.exists(&args[1]) {
         return out.integer(0);
     }
-    cx.write_set(&args[1], &args[2], None);
+    let value = std::mem::take(&mut args[2]);
+    cx.write_set_bytes(&args[1], value, None);
     out.integer(1);
 }
 
-pub fn setex(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter, millis: bool) {
+pub fn setex(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter, millis: bool) {
     let name = if millis { "psetex" } else { "setex" };
     let v = match int_arg(&args[2]) {
         Ok(v) => v,
@@ -156,19 +158,21 @@ pub fn setex(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter, millis: bool)
     let unit: &[u8] = if millis { b"PX" } else { b"EX" };
     match expire_to_abs_ms(v, unit, cx.now_ms) {
         Some(t) => {
-            cx.write_set(&args[1], &args[3], Some(t));
+            let value = std::mem::take(&mut args[3]);
+            cx.write_set_bytes(&args[1], value, Some(t));
             out.ok();
         }
         None => out.error(&invalid_expire(name)),
     }
 }
 
-pub fn getset(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+pub fn getset(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     match cx.get(&args[1]) {
         Some(e) => out.bulk(e.value()),
         None => out.null(),
     }
-    cx.write_set(&args[1], &args[2], None);
+    let value = std::mem::take(&mut args[2]);
+    cx.write_set_bytes(&args[1], value, None);
 }
 
 pub fn getdel(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
@@ -218,25 +222,27 @@ pub fn mset_pairs_ok(args: &[Bytes]) -> bool {
     args.len() % 2 == 1
 }
 
-pub fn mset(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+pub fn mset(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     if !mset_pairs_ok(args) {
         return out.error(&super::arity_error("mset"));
     }
-    for kv in args[1..].chunks_exact(2) {
-        cx.write_set(&kv[0], &kv[1], None);
+    for kv in args[1..].chunks_exact_mut(2) {
+        let value = std::mem::take(&mut kv[1]);
+        cx.write_set_bytes(&kv[0], value, None);
     }
     out.ok();
 }
 
-pub fn msetnx(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
+pub fn msetnx(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     if !mset_pairs_ok(args) {
         return out.error(&super::arity_error("msetnx"));
     }
     if args[1..].chunks_exact(2).any(|kv| cx.exists(&kv[0])) {
         return out.integer(0);
     }
-    for kv in args[1..].chunks_exact(2) {
-        cx.write_set(&kv[0], &kv[1], None);
+    for kv in args[1..].chunks_exact_mut(2) {
+        let value = std::mem::take(&mut kv[1]);
+        cx.write_set_bytes(&kv[0], value, None);
     }
     out.integer(1);
 }

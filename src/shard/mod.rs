@@ -691,15 +691,15 @@ impl Shard {
                     let lsn = self.wal.as_ref().map_or(0, |w| w.last_lsn());
                     self.respond_when_durable(from, id, Response::Locked, lsn);
                 }
-                Request::Batch { proto, cmds } => {
+                Request::Batch { proto, mut cmds } => {
                     if !self.gate.is_held() {
-                        let (resp, observed) = ops::run_batch(self, proto, &cmds);
+                        let (resp, observed) = ops::run_batch(self, proto, &mut cmds);
                         self.respond_when_durable(from, id, resp, self.sync_lsn(observed));
                     } else {
                         let me = self.clone();
                         glommio::spawn_local(async move {
                             me.gate.wait_free().await;
-                            let (resp, observed) = ops::run_batch(&me, proto, &cmds);
+                            let (resp, observed) = ops::run_batch(&me, proto, &mut cmds);
                             me.respond_when_durable(from, id, resp, me.sync_lsn(observed));
                         })
                         .detach();

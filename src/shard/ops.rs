@@ -125,7 +125,7 @@ fn exec<'a>(shard: &'a Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
 
 /// Runs single-shard key commands in order and returns their encoded replies and the log LSN
 /// the replies depend on (see `Exec::observed_lsn`).
-pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &[Vec<Bytes>]) -> (Response, u64) {
+pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &mut [Vec<Bytes>]) -> (Response, u64) {
     let mut out = Vec::with_capacity(cmds.len() * 16);
     let mut ends = Vec::with_capacity(cmds.len());
     let mut store = shard.store.borrow_mut();
@@ -170,8 +170,8 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
             PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(|e| e.value().to_vec())).collect())
         }
         PartOp::Mset(pairs) => {
-            for (k, v) in &pairs {
-                cx.write_set(k, v, None);
+            for (k, v) in pairs {
+                cx.write_set_bytes(&k, v, None);
             }
             PartResult::Done
         }

@@ -1,4 +1,4 @@
-//! One cache entry in one heap allocation.
+//! One cache entry in one heap allocation (two for a large value).
 //!
 //! ```text
 //! offset  size  field
@@ -6,11 +6,12 @@
 //! 8       2     key_len     key length; 0xFFFF: a long key, whose length is in `long_len`
 //! 10      2     meta        eviction metadata (`crate::store::evict`): recency, frequency
 //! 12      4     value_len   bit 31: snapshot mark (see `crate::snapshot`); bit 30: entry has an
-//!                           expiry time; bits 0..30: length
+//!                           expiry time; bits 0..30: length, or 0x3FFF_FFFF: out-of-line value
 //! 16      8     long_len    key length; present only for keys of 0xFFFF bytes or more
 //! ..      8     expire_at   absolute Unix time in ms; present only when bit 30 is set
+//! ..      32    value       a `Bytes` holding the value; present only for out-of-line values
 //! ..      k     key bytes
-//! ..      v     value bytes
+//! ..      v     value bytes (inline values only)
 //! ```
 //!
 //! A 15-byte key with a 32-byte value takes 63 bytes, one 64-byte allocator size class, plus
@@ -21,6 +22,14 @@
 //! hold their length and the rare key of 64 KiB or more pays 8 bytes for a `long_len` slot.
 //! Eviction metadata thus costs no byte per entry (see `docs/EVICTION.md`).
 //!
+//! # Large values live out of line
+//! A value of [`crate::large::LARGE_VALUE_MIN_BYTES`] (1 MiB) or more is not copied into the
+//! entry: the entry holds a [`Bytes`] over the value's own page-mapped buffer
+//! ([`crate::large`]). SET adopts the buffer the parser read the value into
+//! ([`Entry::from_bytes`]), the log and replies share it, and a snapshot's preserved old
+//! version shares it ([`Entry::share`]). The price, a 32-byte slot per large value, is nothing
+//! beside it.
+//!
 //! Safety: an `Entry` uniquely owns its allocation and, through the `next` slot, the rest of
 //! its chain. All unsafe code *on an entry's bytes* is in this file: pointer arithmetic over a
 //! layout computed in one place (`layout`) and the reinterpretation of the `next` slot as
@@ -28,6 +37,8 @@
 //! writes eviction metadata through `meta_ptr`; the table issues prefetch hints. Each such
 //! block says why it is sound.)
 
+use crate::large::{LargeBuf, LARGE_VALUE_MIN_BYTES};
+use bytes::Bytes;
 use std::alloc::{alloc, dealloc, Layout};
 use std::ptr::NonNull;
 
@@ -42,6 +53,11 @@ const LEN_MASK: u32 = TTL_FLAG - 1;
 const LONG_KEY: u16 = u16::MAX;
 /// Largest key or value an entry can hold (30-bit length; the protocol's 512 MiB is below).
 pub const MAX_LEN: usize = (1 << 30) - 1;
+/// `value_len` bits of an entry whose value is out of line (in the `value` slot).
+const OUT_OF_LINE: u32 = LEN_MASK;
+/// Bytes of the `value` slot of an out-of-line value.
+const VALUE_SLOT: usize = std::mem::size_of::<Bytes>();
+const _: () = assert!(VALUE_SLOT % 8 == 0 && std::mem::align_of::<Bytes>() <= 8);
 
 /// An owned entry. `repr(transparent)` over a non-null pointer, so `Option<Entry>` is one
 /// pointer wide and the `next` slot inside the allocation *is* an `Option<Entry>`: a bucket
@@ -54,14 +70,26 @@ pub struct Entry {
 // Entries are plain bytes owned uniquely; moving one to another thread is sound.
 unsafe impl Send for Entry {}
 
-/// Bytes before the key: header, `long_len` slot, expiry slot.
-fn key_offset(key_len: usize, has_ttl: bool) -> usize {
+/// Whether a value of `value_len` bytes is kept out of line.
+fn out_of_line(value_len: usize) -> bool {
+    value_len >= LARGE_VALUE_MIN_BYTES
+}
+
+/// Offset of the `value` slot (out-of-line values): after the header, `long_len` and expiry.
+fn value_slot_offset(key_len: usize, has_ttl: bool) -> usize {
     HEADER + if key_len >= LONG_KEY as usize { 8 } else { 0 } + if has_ttl { 8 } else { 0 }
 }
 
+/// Bytes before the key: header, `long_len` slot, expiry slot, `value` slot.
+fn key_offset(key_len: usize, value_len: usize, has_ttl: bool) -> usize {
+    value_slot_offset(key_len, has_ttl) + if out_of_line(value_len) { VALUE_SLOT } else { 0 }
+}
+
+/// The entry's own allocation (an out-of-line value's bytes are not in it).
 fn layout(key_len: usize, value_len: usize, has_ttl: bool) -> Layout {
-    let size = key_offset(key_len, has_ttl) + key_len + value_len;
-    // Alignment 8 keeps `next` and `expire_at` aligned. Sizes are bounded by MAX_LEN * 2.
+    let inline_value = if out_of_line(value_len) { 0 } else { value_len };
+    let size = key_offset(key_len, value_len, has_ttl) + key_len + inline_value;
+    // Alignment 8 keeps `next`, `expire_at` and `value` aligned. Sizes are bounded by MAX_LEN * 2.
     Layout::from_size_align(size, 8).expect("entry layout")
 }
 
@@ -69,7 +97,45 @@ impl Entry {
     /// Builds an entry. Panics only if lengths exceed [`MAX_LEN`], which the protocol limits
     /// rule out.
     pub fn new(key: &[u8], value: &[u8], expire_at_ms: Option<u64>) -> Entry {
+        if out_of_line(value.len()) {
+            // A heap copy only if the kernel refuses a mapping (then the heap would fail too).
+            let v = LargeBuf::copy_of(value).unwrap_or_else(|_| Bytes::copy_from_slice(value));
+            return Self::adopt(key, v, expire_at_ms);
+        }
         Self::with_value_len(key, value.len(), expire_at_ms, |dst| dst.copy_from_slice(value))
+    }
+
+    /// An entry over an out-of-line value (`value.len() >= OUT_OF_LINE_MIN_BYTES`).
+    fn adopt(key: &[u8], value: Bytes, expire_at_ms: Option<u64>) -> Entry {
+        Self::build::<fn(&mut [u8])>(key, value.len(), expire_at_ms, Fill::Adopt(value))
+    }
+
+    /// Builds an entry that takes `value` over. A large value is adopted as it is, without a
+    /// copy: the caller guarantees that it covers its own buffer and nothing more (the request
+    /// parser's large bulks do, see [`crate::large`]), as the accounting counts only its
+    /// length. A smaller value is copied into the entry.
+    pub fn from_bytes(key: &[u8], value: Bytes, expire_at_ms: Option<u64>) -> Entry {
+        if !out_of_line(value.len()) {
+            return Self::new(key, &value, expire_at_ms);
+        }
+        Self::adopt(key, value, expire_at_ms)
+    }
+
+    /// A copy of this entry (key, value, expiry) that shares an out-of-line value instead of
+    /// copying it: the old version a snapshot keeps costs no second copy of a large value.
+    pub fn share(&self) -> Entry {
+        match self.shared_value() {
+            Some(v) => Self::adopt(self.key(), v.clone(), self.expire_at_ms()),
+            None => Self::new(self.key(), self.value(), self.expire_at_ms()),
+        }
+    }
+
+    /// This entry with another expiry: the value is shared when out of line.
+    pub fn with_expiry(&self, expire_at_ms: Option<u64>) -> Entry {
+        match self.shared_value() {
+            Some(v) => Self::adopt(self.key(), v.clone(), expire_at_ms),
+            None => Self::new(self.key(), self.value(), expire_at_ms),
+        }
     }
 
     /// Builds an entry whose value is written in place by `fill` (avoids an intermediate
@@ -80,6 +146,26 @@ impl Entry {
         expire_at_ms: Option<u64>,
         fill: impl FnOnce(&mut [u8]),
     ) -> Entry {
+        if out_of_line(value_len) {
+            assert!(value_len <= MAX_LEN, "entry too large");
+            let mut fill = Some(fill);
+            let mut run = |d: &mut [u8]| {
+                if let Some(f) = fill.take() {
+                    f(d);
+                }
+            };
+            // `filled_with` fails before it fills, so `fill` is still there for the heap copy.
+            let v = LargeBuf::filled_with(value_len, &mut run).unwrap_or_else(|_| {
+                let mut v = vec![0u8; value_len];
+                run(&mut v);
+                Bytes::from(v)
+            });
+            return Self::adopt(key, v, expire_at_ms);
+        }
+        Self::build(key, value_len, expire_at_ms, Fill::Inline(fill))
+    }
+
+    fn build<F: FnOnce(&mut [u8])>(key: &[u8], value_len: usize, expire_at_ms: Option<u64>, fill: Fill<F>) -> Entry {
         assert!(key.len() <= MAX_LEN && value_len <= MAX_LEN, "entry too large");
         let has_ttl = expire_at_ms.is_some();
         let lay = layout(key.len(), value_len, has_ttl);
@@ -94,7 +180,8 @@ impl Entry {
             let long = key.len() >= LONG_KEY as usize;
             (raw.add(8) as *mut u16).write(if long { LONG_KEY } else { key.len() as u16 });
             (raw.add(10) as *mut u16).write(0);
-            (raw.add(12) as *mut u32).write(value_len as u32 | if has_ttl { TTL_FLAG } else { 0 });
+            let len_bits = if out_of_line(value_len) { OUT_OF_LINE } else { value_len as u32 };
+            (raw.add(12) as *mut u32).write(len_bits | if has_ttl { TTL_FLAG } else { 0 });
             let mut off = HEADER;
             if long {
                 (raw.add(off) as *mut u64).write(key.len() as u64);
@@ -104,11 +191,33 @@ impl Entry {
                 (raw.add(off) as *mut u64).write(t);
                 off += 8;
             }
-            std::ptr::copy_nonoverlapping(key.as_ptr(), raw.add(off), key.len());
-            let v = std::slice::from_raw_parts_mut(raw.add(off + key.len()), value_len);
-            fill(v);
+            match fill {
+                Fill::Adopt(bytes) => {
+                    debug_assert!(out_of_line(value_len) && bytes.len() == value_len);
+                    (raw.add(off) as *mut Bytes).write(bytes);
+                    off += VALUE_SLOT;
+                    std::ptr::copy_nonoverlapping(key.as_ptr(), raw.add(off), key.len());
+                }
+                Fill::Inline(fill) => {
+                    std::ptr::copy_nonoverlapping(key.as_ptr(), raw.add(off), key.len());
+                    let v = std::slice::from_raw_parts_mut(raw.add(off + key.len()), value_len);
+                    fill(v);
+                }
+            }
         }
         Entry { ptr }
+    }
+
+    /// The out-of-line value (a value of [`LARGE_VALUE_MIN_BYTES`] or more), to share rather
+    /// than copy; `None` for a value stored inline.
+    pub fn shared_value(&self) -> Option<&Bytes> {
+        if self.value_len_raw() & LEN_MASK != OUT_OF_LINE {
+            return None;
+        }
+        let off = value_slot_offset(self.key_len(), self.has_ttl());
+        // SAFETY: the slot holds an initialized `Bytes` for out-of-line values, 8-aligned, and
+        // lives as long as `self`.
+        Some(unsafe { &*(self.ptr.as_ptr().add(off) as *const Bytes) })
     }
 
     fn key_len_raw(&self) -> u16 {
@@ -121,7 +230,7 @@ impl Entry {
     }
 
     fn key_offset(&self) -> usize {
-        key_offset(self.key_len(), self.has_ttl())
+        key_offset(self.key_len(), self.value_len(), self.has_ttl())
     }
 
     /// Offset of the expiry slot (when present).
@@ -162,7 +271,10 @@ impl Entry {
     }
 
     pub fn value_len(&self) -> usize {
-        (self.value_len_raw() & LEN_MASK) as usize
+        match self.shared_value() {
+            Some(v) => v.len(),
+            None => (self.value_len_raw() & LEN_MASK) as usize,
+        }
     }
 
     /// Where the metadata lives, for the store to set it after the entry moved into the table
@@ -191,6 +303,9 @@ impl Entry {
     }
 
     pub fn value(&self) -> &[u8] {
+        if let Some(v) = self.shared_value() {
+            return v;
+        }
         let off = self.key_offset() + self.key_len();
         // SAFETY: as for `key`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), self.value_len()) }
@@ -217,20 +332,23 @@ impl Entry {
         matches!(self.expire_at_ms(), Some(t) if t <= now_ms)
     }
 
-    /// Bytes of the allocation (what the entry asks the allocator for).
+    /// Bytes of the allocations (what the entry asks the allocator for), an out-of-line
+    /// value's included.
     pub fn alloc_bytes(&self) -> usize {
-        layout(self.key_len(), self.value_len(), self.has_ttl()).size()
+        let own = layout(self.key_len(), self.value_len(), self.has_ttl()).size();
+        own + self.shared_value().map_or(0, Bytes::len)
     }
 
-    /// Bytes the allocator really sets aside for the entry (its size class; see
+    /// Bytes the allocator really sets aside for the entry (its size classes; see
     /// [`allocated_bytes`]).
     pub fn held_bytes(&self) -> usize {
-        allocated_bytes(self.alloc_bytes())
+        Self::held_bytes_for(self.key_len(), self.value_len(), self.has_ttl())
     }
 
     /// What an entry of these lengths will hold, before building it (eviction makes room first).
     pub fn held_bytes_for(key_len: usize, value_len: usize, has_ttl: bool) -> usize {
-        allocated_bytes(key_offset(key_len, has_ttl) + key_len + value_len)
+        let own = allocated_bytes(layout(key_len, value_len, has_ttl).size());
+        own + if out_of_line(value_len) { crate::large::held_bytes(value_len) } else { 0 }
     }
 
     /// The chain link (owned).
@@ -275,9 +393,22 @@ impl Drop for Entry {
             drop(e);
         }
         let lay = layout(self.key_len(), self.value_len(), self.has_ttl());
-        // SAFETY: allocated with the same layout in `with_value_len`.
+        if self.shared_value().is_some() {
+            let off = value_slot_offset(self.key_len(), self.has_ttl());
+            // SAFETY: the slot holds an initialized `Bytes`, dropped exactly once, here.
+            unsafe { std::ptr::drop_in_place(self.ptr.as_ptr().add(off) as *mut Bytes) }
+        }
+        // SAFETY: allocated with the same layout in `build`.
         unsafe { dealloc(self.ptr.as_ptr(), lay) }
     }
+}
+
+/// How `build` fills in the value.
+enum Fill<F> {
+    /// Write the inline value bytes in place.
+    Inline(F),
+    /// Keep these bytes out of line.
+    Adopt(Bytes),
 }
 
 impl std::fmt::Debug for Entry {
@@ -333,5 +464,35 @@ mod tests {
             assert_eq!(allocated_bytes(size), class, "size {size}");
         }
         assert_eq!(allocated_bytes((16 << 20) + 1), (16 << 20) + 65536);
+    }
+
+    #[test]
+    fn large_values_live_out_of_line_and_are_shared_not_copied() {
+        let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        for (key_len, ttl) in [(3usize, None), (70_000, Some(99u64))] {
+            let key = vec![b'k'; key_len];
+            let mut e = Entry::new(&key, &big, ttl);
+            e.set_mark(true);
+            e.set_meta(0x1234);
+            assert_eq!(
+                (e.key(), e.value(), e.expire_at_ms(), e.mark(), e.meta()),
+                (&key[..], &big[..], ttl, true, 0x1234)
+            );
+            let shared = e.shared_value().expect("out of line").clone();
+            assert_eq!(shared.as_ptr(), e.value().as_ptr());
+            let copy = e.share();
+            assert_eq!(copy.value().as_ptr(), e.value().as_ptr(), "share() must not copy the value");
+            let moved = e.with_expiry(Some(7));
+            assert_eq!((moved.value().as_ptr(), moved.expire_at_ms()), (e.value().as_ptr(), Some(7)));
+            assert_eq!(e.held_bytes(), Entry::held_bytes_for(key_len, big.len(), ttl.is_some()));
+            let own = allocated_bytes(16 + 8 + 8 + 32 + key_len);
+            assert!(e.held_bytes() >= big.len() + key_len && e.held_bytes() <= big.len() + 4096 + 64 + own);
+            let adopted = Entry::from_bytes(&key, shared.clone(), None);
+            assert_eq!(adopted.value().as_ptr(), shared.as_ptr(), "from_bytes must adopt a large value");
+        }
+        let small = Entry::from_bytes(b"k", bytes::Bytes::from_static(b"small"), None);
+        assert!(small.shared_value().is_none());
+        let built = Entry::with_value_len(b"k", 2 << 20, None, |d| d.fill(3));
+        assert!(built.shared_value().is_some() && built.value().iter().all(|&b| b == 3));
     }
 }

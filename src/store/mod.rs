@@ -399,7 +399,7 @@ impl Store {
         let e = self.table.remove(key)?;
         self.account_out(&e);
         if self.unwritten(&e) {
-            self.preserve(Entry::new(e.key(), e.value(), e.expire_at_ms()), now_ms);
+            self.preserve(e.share(), now_ms);
         }
         Some(e)
     }
@@ -428,7 +428,7 @@ impl Store {
             (true, Some(t)) => {
                 if snapshot && e.mark() != epoch {
                     // Changed in place: keep the old version for the snapshot first.
-                    let copy = Entry::new(e.key(), e.value(), e.expire_at_ms());
+                    let copy = e.share();
                     e.set_mark(epoch);
                     e.set_expire_in_place(t);
                     self.preserve(copy, now_ms);
@@ -445,7 +445,7 @@ impl Store {
             return false;
         };
         self.account_out(&old);
-        let mut new = Entry::new(old.key(), old.value(), expire_at_ms);
+        let mut new = old.with_expiry(expire_at_ms);
         new.set_mark(self.epoch);
         new.set_meta(old.meta());
         self.account_in(&new);
