@@ -9,7 +9,8 @@
 //!    SCAN, ...) and multi-shard commands end the round: the batches are sent, one message per
 //!    shard, all in flight together, and their replies are merged back in command order before
 //!    the special command runs.
-//! 4. Write every reply of the read with one send.
+//! 4. Write every reply of the read with one send (large values are sent from where they are
+//!    stored, not copied into the reply buffer: see `crate::resp::encode`).
 //!
 //! So a pipeline of N commands over K shards costs at most K messages per round, never one per
 //! command. Commands on one shard run in pipeline order; commands of one pipeline on different
@@ -18,7 +19,8 @@
 
 use crate::cmd::{self, table::Route, CommandSpec};
 use crate::coord;
-use crate::resp::{Limits, Parser, Protocol, ReplyWriter};
+use crate::resp::encode::{append_replies, large_bytes};
+use crate::resp::{LargeRefs, Limits, Parser, Protocol, ReplyWriter};
 use crate::shard::{ClientInfo, Request, Response, Shard};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
@@ -61,6 +63,7 @@ struct Round {
     /// Local replies written after the first remote command of the round.
     local: Vec<u8>,
     local_ends: Vec<usize>,
+    local_large: LargeRefs,
     has_remote: bool,
 }
 
@@ -119,6 +122,7 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     // tests/hostile_clients.rs).
     let mut qbuf = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
+    let mut large: LargeRefs = Vec::new();
     let mut cmds: Vec<Vec<Bytes>> = Vec::new();
     loop {
         conn.info.borrow_mut().phase = "r";
@@ -153,24 +157,24 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
         conn.info.borrow_mut().phase = "x";
         let parsed = parser.parse(&mut qbuf, &mut cmds);
         if !cmds.is_empty() {
-            execute_all(conn, &mut cmds, &mut out).await;
+            execute_all(conn, &mut cmds, &mut out, &mut large).await;
             cmds.clear();
         }
         if let Err(e) = parsed {
             shard.stats.commands.error_replies.inc();
             ReplyWriter::new(&mut out, conn.proto).error_bytes(&e.message());
             conn.close = true;
-        } else if qbuf.len() > g.client_query_buffer_limit.load(Ordering::Relaxed) {
+        } else if qbuf.len() + parser.held_bytes() > g.client_query_buffer_limit.load(Ordering::Relaxed) {
             tracing::warn!(
                 client = conn.info.borrow().id,
-                bytes = qbuf.len(),
+                bytes = qbuf.len() + parser.held_bytes(),
                 "closing client that reached max query buffer length"
             );
             conn.close = true;
         }
         {
             let mut info = conn.info.borrow_mut();
-            info.qbuf = qbuf.len();
+            info.qbuf = qbuf.len() + parser.held_bytes();
             info.last_active = std::time::Instant::now();
         }
         if !out.is_empty() {
@@ -190,15 +194,17 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
             conn.info.borrow_mut().phase = "y";
             futures_lite::future::yield_now().await;
             conn.info.borrow_mut().phase = "w";
-            if !write_replies(&mut stream, &out, &g).await? {
+            if !write_replies(&mut stream, &out, &large, &g).await? {
                 tracing::warn!(
                     client = conn.info.borrow().id,
                     "closing client that stayed over the soft output buffer limit (client-output-buffer-limit)"
                 );
                 return Ok(());
             }
-            shard.stats.net_output_bytes.set(shard.stats.net_output_bytes.get() + out.len() as u64);
+            let sent = (out.len() + large_bytes(&large)) as u64;
+            shard.stats.net_output_bytes.set(shard.stats.net_output_bytes.get() + sent);
             out.clear();
+            large.clear();
         }
         if out.capacity() > 1024 * 1024 {
             out.shrink_to(16 * 1024);
@@ -217,22 +223,37 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     }
 }
 
-/// Writes `out` to the client. Returns `Ok(false)` (the caller closes the connection) when the
-/// unwritten part stays at or over the soft output limit for longer than its soft seconds: a
-/// client that does not read its replies (Redis's `client-output-buffer-limit` soft limit).
-/// The hard limit is checked while the replies are built (`execute_all`), since the unwritten
-/// part only shrinks here.
+/// Writes `out`, with the large values of `large` in their places, to the client. Returns
+/// `Ok(false)` (the caller closes the connection) when the unwritten part stays at or over the
+/// soft output limit for longer than its soft seconds: a client that does not read its replies
+/// (Redis's `client-output-buffer-limit` soft limit). The hard limit is checked while the
+/// replies are built (`execute_all`), since the unwritten part only shrinks here.
 async fn write_replies(
     stream: &mut TcpStream<glommio::net::Preallocated>,
     out: &[u8],
+    large: &LargeRefs,
     g: &crate::shard::Global,
 ) -> std::io::Result<bool> {
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * large.len() + 1);
+    let mut from = 0;
+    for (at, v) in large {
+        pieces.push(&out[from..*at]);
+        pieces.push(v);
+        from = *at;
+    }
+    pieces.push(&out[from..]);
+    let mut unwritten = out.len() + large_bytes(large);
     let limit = g.client_output_buffer_limit.normal();
-    let mut written = 0;
     let mut over_since: Option<std::time::Instant> = None;
-    while written < out.len() {
-        let rest = &out[written..];
-        let n = if limit.soft_bytes > 0 && rest.len() as u64 >= limit.soft_bytes {
+    let mut piece = 0;
+    let mut written = 0;
+    while unwritten > 0 {
+        while written == pieces[piece].len() {
+            piece += 1;
+            written = 0;
+        }
+        let rest = &pieces[piece][written..];
+        let n = if limit.soft_bytes > 0 && unwritten as u64 >= limit.soft_bytes {
             let since = *over_since.get_or_insert_with(std::time::Instant::now);
             let allowed = std::time::Duration::from_secs(limit.soft_seconds);
             let Some(left) = allowed.checked_sub(since.elapsed()).filter(|d| !d.is_zero()) else {
@@ -255,6 +276,7 @@ async fn write_replies(
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         written += n;
+        unwritten -= n;
     }
     Ok(true)
 }
@@ -299,31 +321,32 @@ fn limits(conn: &Conn) -> Limits {
 }
 
 /// Executes parsed commands in rounds and appends their replies to `out` in order.
-async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>) {
+async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>, large: &mut LargeRefs) {
     let shard = conn.shard.clone();
     let n = shard.shards();
     let mut round = Round::new(n);
     let mut processed = 0u64;
     let mut last_cmd = "NULL";
     for args in cmds.iter_mut() {
-        if conn.close || conn.abort || over_hard_output_limit(conn, out.len() + round.local.len()) {
+        let pending = out.len() + round.local.len() + large_bytes(large) + large_bytes(&round.local_large);
+        if conn.close || conn.abort || over_hard_output_limit(conn, pending) {
             break;
         }
         let stats = &shard.stats.commands;
         let Some(spec) = cmd::lookup(&args[0]) else {
             stats.error_replies.inc();
-            local_reply(&mut round, out, conn.proto, |w| w.error_bytes(&cmd::unknown_command_error(args)));
+            local_reply(&mut round, out, large, conn.proto, |w| w.error_bytes(&cmd::unknown_command_error(args)));
             continue;
         };
         // Redis's order: unknown command, arity, then authentication.
         if !spec.arity_ok(args.len()) || (matches!(spec.name, "mset" | "msetnx") && args.len() % 2 == 0) {
             stats.reject(spec);
-            local_reply(&mut round, out, conn.proto, |w| w.error(&cmd::arity_error(spec.name)));
+            local_reply(&mut round, out, large, conn.proto, |w| w.error(&cmd::arity_error(spec.name)));
             continue;
         }
         if !conn.authenticated && !crate::auth::allowed_before_auth(spec.name) {
             stats.reject(spec);
-            local_reply(&mut round, out, conn.proto, |w| w.error(crate::auth::NOAUTH));
+            local_reply(&mut round, out, large, conn.proto, |w| w.error(crate::auth::NOAUTH));
             continue;
         }
         processed += 1;
@@ -331,7 +354,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
         let start = std::time::Instant::now();
         match spec.route {
             Route::Local => {
-                local_reply(&mut round, out, conn.proto, |w| {
+                local_reply(&mut round, out, large, conn.proto, |w| {
                     crate::cmd::server::run_local(spec, args, w);
                     stats.record(spec, start, false);
                 });
@@ -345,7 +368,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                         }
                         let proto = conn.proto;
                         let mut observed = 0;
-                        local_reply(&mut round, out, proto, |w| {
+                        local_reply(&mut round, out, large, proto, |w| {
                             let at = w.buf.len();
                             let mut store = shard.store.borrow_mut();
                             let mut cx = shard.exec(&mut store);
@@ -362,7 +385,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                         round.has_remote = true;
                     }
                     None => {
-                        conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
+                        conn.abort |= !flush_round(&shard, conn.proto, &mut round, out, large).await;
                         let (start, at) = (std::time::Instant::now(), out.len());
                         let mut w = ReplyWriter::new(out, conn.proto);
                         coord::run_multi(&shard, spec, args, &mut w).await;
@@ -371,15 +394,15 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                 }
             }
             Route::Connection => {
-                conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
+                conn.abort |= !flush_round(&shard, conn.proto, &mut round, out, large).await;
                 let (start, at) = (std::time::Instant::now(), out.len());
                 crate::cmd::server::run_connection(conn, spec, args, out).await;
                 stats.record(spec, start, cmd::stats::is_error_reply(out, at));
             }
         }
     }
-    conn.abort |= !flush_round(&shard, conn.proto, &mut round, out).await;
-    over_hard_output_limit(conn, out.len());
+    conn.abort |= !flush_round(&shard, conn.proto, &mut round, out, large).await;
+    over_hard_output_limit(conn, out.len() + large_bytes(large));
     let s = &shard.stats.commands_processed;
     s.set(s.get() + processed);
     conn.info.borrow_mut().last_cmd = last_cmd;
@@ -397,19 +420,31 @@ fn owner_of(spec: &CommandSpec, args: &[Bytes], n: usize) -> Option<usize> {
 
 /// Writes a reply produced on this shard: straight into `out` while the round has no remote
 /// replies before it, else into the round's local buffer to be merged in order.
-fn local_reply(round: &mut Round, out: &mut Vec<u8>, proto: Protocol, f: impl FnOnce(&mut ReplyWriter)) {
+fn local_reply(
+    round: &mut Round,
+    out: &mut Vec<u8>,
+    large: &mut LargeRefs,
+    proto: Protocol,
+    f: impl FnOnce(&mut ReplyWriter),
+) {
     if !round.has_remote {
-        f(&mut ReplyWriter::new(out, proto));
+        f(&mut ReplyWriter::with_large(out, large, proto));
         return;
     }
-    f(&mut ReplyWriter::new(&mut round.local, proto));
+    f(&mut ReplyWriter::with_large(&mut round.local, &mut round.local_large, proto));
     round.order.push((LOCAL, round.local_ends.len() as u32));
     round.local_ends.push(round.local.len());
 }
 
 /// Sends every pending batch (all in flight together), waits for the replies and appends all
 /// of the round's replies to `out` in command order.
-async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out: &mut Vec<u8>) -> bool {
+async fn flush_round(
+    shard: &Rc<Shard>,
+    proto: Protocol,
+    round: &mut Round,
+    out: &mut Vec<u8>,
+    large: &mut LargeRefs,
+) -> bool {
     if !round.has_remote {
         return true;
     }
@@ -420,23 +455,23 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
             calls.push((s, shard.send(s, Request::Batch { proto, cmds }).await));
         }
     }
-    let mut replies: Vec<Option<(Vec<u8>, Vec<usize>)>> = vec![None; round.batches.len()];
+    let mut replies: Vec<Option<(Vec<u8>, Vec<usize>, LargeRefs)>> = vec![None; round.batches.len()];
     let mut durable = true;
     for (s, call) in calls {
         if let Some(call) = call {
             match call.await {
-                Response::Batch { out, ends } => replies[s] = Some((out, ends)),
+                Response::Batch { out, ends, large } => replies[s] = Some((out, ends, large)),
                 Response::Failed(_) => durable = false,
                 _ => {}
             }
         }
     }
     for &(src, idx) in &round.order {
-        let (buf, ends) = if src == LOCAL {
-            (&round.local, &round.local_ends)
+        let (buf, ends, refs) = if src == LOCAL {
+            (&round.local, &round.local_ends, &round.local_large)
         } else {
             match &replies[src as usize] {
-                Some((b, e)) => (b, e),
+                Some((b, e, l)) => (b, e, l),
                 None => {
                     ReplyWriter::new(out, proto).error("ERR shard unavailable (server shutting down)");
                     continue;
@@ -444,11 +479,12 @@ async fn flush_round(shard: &Rc<Shard>, proto: Protocol, round: &mut Round, out:
             }
         };
         let start = if idx == 0 { 0 } else { ends[idx as usize - 1] };
-        out.extend_from_slice(&buf[start..ends[idx as usize]]);
+        append_replies(out, large, buf, refs, start, ends[idx as usize]);
     }
     round.order.clear();
     round.local.clear();
     round.local_ends.clear();
+    round.local_large.clear();
     round.has_remote = false;
     durable
 }

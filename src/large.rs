@@ -182,6 +182,16 @@ impl LargeBuf {
     }
 }
 
+impl std::fmt::Debug for LargeBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LargeBuf")
+            .field("len", &self.len)
+            .field("mapped", &self.mapped)
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
 impl Drop for LargeBuf {
     fn drop(&mut self) {
         if let Some(p) = self.ptr.take() {

@@ -96,7 +96,7 @@ fn expire_to_abs_ms(v: i64, unit: &[u8], now_ms: u64) -> Option<u64> {
 
 pub fn get(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     match cx.lookup_read(&args[1]) {
-        Some(e) => out.bulk(e.value()),
+        Some(e) => out.bulk_value(e.value(), e.shared_value()),
         None => out.null(),
     }
 }
@@ -115,7 +115,7 @@ pub fn set(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     let (exists, old_ttl) = match cx.get(key) {
         Some(e) => {
             if o.get {
-                out.bulk(e.value());
+                out.bulk_value(e.value(), e.shared_value());
             }
             (true, e.expire_at_ms())
         }
@@ -168,7 +168,7 @@ pub fn setex(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter, millis: b
 
 pub fn getset(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     match cx.get(&args[1]) {
-        Some(e) => out.bulk(e.value()),
+        Some(e) => out.bulk_value(e.value(), e.shared_value()),
         None => out.null(),
     }
     let value = std::mem::take(&mut args[2]);
@@ -177,7 +177,7 @@ pub fn getset(args: &mut [Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
 
 pub fn getdel(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     match cx.write_take(&args[1]) {
-        Some(e) => out.bulk(e.value()),
+        Some(e) => out.bulk_value(e.value(), e.shared_value()),
         None => out.null(),
     }
 }
@@ -198,7 +198,7 @@ pub fn getex(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     let Some(e) = cx.get(key) else {
         return out.null();
     };
-    out.bulk(e.value());
+    out.bulk_value(e.value(), e.shared_value());
     let has_ttl = e.has_ttl();
     if let Some(t) = expire_at_ms {
         cx.write_expire(key, Some(t));
@@ -211,7 +211,7 @@ pub fn mget(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     out.array(args.len() - 1);
     for k in &args[1..] {
         match cx.lookup_read(k) {
-            Some(e) => out.bulk(e.value()),
+            Some(e) => out.bulk_value(e.value(), e.shared_value()),
             None => out.null(),
         }
     }

@@ -4,8 +4,15 @@
 //! local commands, or a batch buffer that travels back from another shard. Encoding straight
 //! into the buffer avoids building a reply tree per command.
 //!
+//! A large value (see [`crate::large`]) is not copied into the buffer: a writer made with
+//! [`ReplyWriter::with_large`] writes the bulk header and trailing CRLF and records *where*
+//! the value's bytes go ([`LargeRefs`]); the connection sends the buffer and the values in
+//! order. So GET of a 512 MiB value costs no second 512 MiB.
+//!
 //! Where RESP3 has a richer type (null, map, set, double, boolean, verbatim string) the writer
 //! emits it for `Protocol::Resp3` and the Redis 7 RESP2 equivalent otherwise.
+
+use bytes::Bytes;
 
 /// The protocol a connection speaks, chosen by `HELLO` (RESP2 until then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,15 +31,65 @@ impl Protocol {
     }
 }
 
+/// Large values a reply buffer refers to: `(offset, value)` means the value's bytes belong at
+/// `offset` of the buffer (before the byte there), in increasing offset order.
+pub type LargeRefs = Vec<(usize, Bytes)>;
+
+/// Total bytes of the values in `refs`.
+pub fn large_bytes(refs: &LargeRefs) -> usize {
+    refs.iter().map(|(_, v)| v.len()).sum()
+}
+
+/// Appends `buf[start..end]` (whole replies) to `out`, and the large values that belong in
+/// that range to `out_refs`, with their offsets moved along.
+pub fn append_replies(
+    out: &mut Vec<u8>,
+    out_refs: &mut LargeRefs,
+    buf: &[u8],
+    refs: &LargeRefs,
+    start: usize,
+    end: usize,
+) {
+    let base = out.len();
+    out.extend_from_slice(&buf[start..end]);
+    // A large value sits strictly inside its reply: after the `$n` line, before the CRLF.
+    out_refs
+        .extend(refs.iter().filter(|(at, _)| *at > start && *at < end).map(|(at, v)| (base + at - start, v.clone())));
+}
+
 /// Appends replies to a buffer.
 pub struct ReplyWriter<'a> {
     pub buf: &'a mut Vec<u8>,
     pub proto: Protocol,
+    /// Where large values are referred to instead of copied (`None`: they are copied).
+    large: Option<&'a mut LargeRefs>,
 }
 
 impl<'a> ReplyWriter<'a> {
     pub fn new(buf: &'a mut Vec<u8>, proto: Protocol) -> Self {
-        ReplyWriter { buf, proto }
+        ReplyWriter { buf, proto, large: None }
+    }
+
+    /// A writer that refers to large values in `large` instead of copying them into `buf`.
+    pub fn with_large(buf: &'a mut Vec<u8>, large: &'a mut LargeRefs, proto: Protocol) -> Self {
+        ReplyWriter { buf, proto, large: Some(large) }
+    }
+
+    /// A bulk string of a stored value: `data`, which is `shared`'s bytes when the value is a
+    /// large one (`Entry::shared_value`). Refers to a large value instead of copying it when
+    /// the writer allows.
+    pub fn bulk_value(&mut self, data: &[u8], shared: Option<&Bytes>) {
+        match (shared, self.large.is_some()) {
+            (Some(v), true) => {
+                self.line(b'$', v.len() as i64);
+                let at = self.buf.len();
+                if let Some(large) = self.large.as_mut() {
+                    large.push((at, v.clone()));
+                }
+                self.buf.extend_from_slice(b"\r\n");
+            }
+            _ => self.bulk(data),
+        }
     }
 
     fn line(&mut self, prefix: u8, n: i64) {

@@ -11,5 +11,5 @@
 pub mod encode;
 pub mod parse;
 
-pub use encode::{Protocol, ReplyWriter};
+pub use encode::{LargeRefs, Protocol, ReplyWriter};
 pub use parse::{Limits, ParseError, Parser};

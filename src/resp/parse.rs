@@ -18,6 +18,14 @@
 //! argument is a `Bytes` slice of that region, so no argument is copied. Inline commands are the
 //! exception (quotes and escapes rewrite bytes).
 //!
+//! # Large bulks
+//! A bulk string of [`LARGE_VALUE_MIN_BYTES`] (1 MiB) or more does not stay in the caller's
+//! buffer, which would grow by reallocation (holding the old and the new block at once, up to
+//! 3x the value). When its `$n` line is read, the arguments before it are split off (they
+//! stay `Bytes` slices) and its payload is moved, as it arrives, into a [`LargeBuf`] of its own
+//! that grows without copying (see [`crate::large`]). The finished argument is that buffer,
+//! exactly: the store adopts it as the value without a copy. The caller's buffer stays small.
+//!
 //! # Limits (all enforced before memory is committed)
 //! | limit | default | error |
 //! |---|---|---|
@@ -26,10 +34,15 @@
 //! | a length line (`*n` / `$n`) | 64 KiB | `Protocol error: too big mbulk count string` / `too big bulk count string` |
 //! | an inline command | 64 KiB | `Protocol error: too big inline request` |
 //!
-//! A declared length reserves nothing: bytes are buffered only as they arrive, and the query
-//! buffer limit (enforced by the connection) bounds that.
+//! A declared length reserves nothing: bytes are buffered only as they arrive (a large bulk's
+//! mapping grows with them), and the query buffer limit (enforced by the connection over
+//! [`Parser::held_bytes`] and its buffer) bounds that.
 
-use bytes::{Bytes, BytesMut};
+use crate::large::{LargeBuf, MapError, LARGE_VALUE_MIN_BYTES};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// A range in `ranges`/`done_ranges` whose start is this refers to `owned[end]`.
+const OWNED: usize = usize::MAX;
 
 /// Largest line (`*n`, `$n` or an inline command) before the client is cut off, as in Redis
 /// (`PROTO_INLINE_MAX_SIZE`).
@@ -68,6 +81,10 @@ pub enum ParseError {
     TooBigInline,
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    /// The kernel refused memory for a large bulk (not a protocol error, but the request
+    /// cannot be read: the client gets this and is closed).
+    #[error(transparent)]
+    NoMemory(#[from] MapError),
 }
 
 impl ParseError {
@@ -113,6 +130,11 @@ pub struct Parser {
     /// Ranges of complete, not yet emitted commands, as indices into `done_ranges`.
     done_ranges: Vec<(usize, usize)>,
     done_cmds: Vec<(usize, usize)>,
+    /// Arguments already taken out of the caller's buffer: those of a command with a large
+    /// bulk, and the large bulks themselves (ranges `(OWNED, i)` refer to them).
+    owned: Vec<Bytes>,
+    /// The large bulk being read, if any (`state` is then `BulkData`).
+    large: Option<LargeBuf>,
 }
 
 impl Parser {
@@ -126,7 +148,15 @@ impl Parser {
             ranges: Vec::new(),
             done_ranges: Vec::new(),
             done_cmds: Vec::new(),
+            owned: Vec::new(),
+            large: None,
         }
+    }
+
+    /// Bytes of arguments the parser holds outside the caller's buffer (large bulks, read so
+    /// far or complete, and the arguments before them): part of the client's query buffer.
+    pub fn held_bytes(&self) -> usize {
+        self.owned.iter().map(Bytes::len).sum::<usize>() + self.large.as_ref().map_or(0, LargeBuf::len)
     }
 
     pub fn limits(&self) -> Limits {
@@ -212,14 +242,31 @@ impl Parser {
                     };
                     self.pos = line_end + 2;
                     self.state = State::BulkData { len, remaining };
+                    if len >= LARGE_VALUE_MIN_BYTES {
+                        self.start_large(buf, out, len);
+                    }
                 }
                 State::BulkData { len, remaining } => {
-                    // The payload is followed by two bytes (CRLF) that Redis skips unchecked.
-                    if buf.len() < self.pos + len + 2 {
-                        return Ok(());
+                    if let Some(large) = self.large.as_mut() {
+                        // The payload goes into its own buffer as it arrives (`pos` is 0).
+                        let take = large.missing().min(buf.len());
+                        large.extend_from_slice(&buf[..take])?;
+                        buf.advance(take);
+                        if large.missing() > 0 || buf.len() < 2 {
+                            return Ok(());
+                        }
+                        buf.advance(2);
+                        let done = self.large.take().map(LargeBuf::freeze).unwrap_or_default();
+                        self.ranges.push((OWNED, self.owned.len()));
+                        self.owned.push(done);
+                    } else {
+                        // The payload is followed by two bytes (CRLF) that Redis skips unchecked.
+                        if buf.len() < self.pos + len + 2 {
+                            return Ok(());
+                        }
+                        self.ranges.push((self.pos, self.pos + len));
+                        self.pos += len + 2;
                     }
-                    self.ranges.push((self.pos, self.pos + len));
-                    self.pos += len + 2;
                     if remaining == 1 {
                         self.finish_command();
                     } else {
@@ -230,13 +277,32 @@ impl Parser {
         }
     }
 
-    /// How many more bytes the bulk string being read needs, if one is being read. Lets the
-    /// connection size its next read for large values instead of growing by doubling.
+    /// How many more bytes the bulk string being read needs (its CRLF included), if one is
+    /// being read, given `buffered` bytes in the caller's buffer.
     pub fn bulk_bytes_missing(&self, buffered: usize) -> usize {
-        match self.state {
-            State::BulkData { len, .. } => (self.pos + len + 2).saturating_sub(buffered),
+        match (self.state, &self.large) {
+            (State::BulkData { .. }, Some(large)) => (large.missing() + 2).saturating_sub(buffered),
+            (State::BulkData { len, .. }, None) => (self.pos + len + 2).saturating_sub(buffered),
             _ => 0,
         }
+    }
+
+    /// Starts reading a large bulk whose payload begins at `pos`: emits the complete commands
+    /// before it, takes the current command's arguments out of `buf` (as slices, no copy) and
+    /// leaves `buf` starting at the payload, which `parse_loop` then moves into a `LargeBuf`.
+    fn start_large(&mut self, buf: &mut BytesMut, out: &mut Vec<Vec<Bytes>>, len: usize) {
+        self.emit(buf, out);
+        let head = buf.split_to(self.pos).freeze();
+        for r in &mut self.ranges {
+            if r.0 != OWNED {
+                self.owned.push(head.slice(r.0..r.1));
+                *r = (OWNED, self.owned.len() - 1);
+            }
+        }
+        self.pos = 0;
+        self.cmd_start = 0;
+        self.line_scan = 0;
+        self.large = Some(LargeBuf::new(len));
     }
 
     /// Finds the `\r` ending the line that starts at or before `from`, needing the byte after
@@ -290,12 +356,20 @@ impl Parser {
             if a == b {
                 continue;
             }
-            out.push(self.done_ranges[a..b].iter().map(|&(s, e)| frozen.slice(s..e)).collect());
+            let owned = &mut self.owned;
+            let arg = |&(s, e): &(usize, usize)| match s {
+                OWNED => std::mem::take(&mut owned[e]),
+                s => frozen.slice(s..e),
+            };
+            out.push(self.done_ranges[a..b].iter().map(arg).collect());
         }
         self.done_cmds.clear();
         self.done_ranges.clear();
+        if !self.ranges.iter().any(|r| r.0 == OWNED) {
+            self.owned.clear();
+        }
         self.pos -= consumed;
-        for r in &mut self.ranges {
+        for r in self.ranges.iter_mut().filter(|r| r.0 != OWNED) {
             r.0 -= consumed;
             r.1 -= consumed;
         }
@@ -645,5 +719,71 @@ mod tests {
         assert_eq!(s(b"\"a\"b"), None);
         assert_eq!(s(b"'unterminated"), None);
         assert_eq!(s(b""), Some(vec![]));
+    }
+
+    fn multibulk(args: &[&[u8]]) -> Vec<u8> {
+        let mut v = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            v.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            v.extend_from_slice(a);
+            v.extend_from_slice(b"\r\n");
+        }
+        v
+    }
+
+    #[test]
+    fn large_bulks_arrive_in_their_own_buffer_and_keep_the_order() {
+        let big: Vec<u8> = (0..(2 << 20) + 3).map(|i| (i % 241) as u8).collect();
+        let big2 = vec![7u8; 1 << 20];
+        let input = [
+            multibulk(&[b"PING"]),
+            multibulk(&[b"SET", b"k", &big, b"EX", b"100"]),
+            multibulk(&[b"MSET", b"a", &big2, b"b", &big]),
+            multibulk(&[b"GET", b"k"]),
+        ]
+        .concat();
+        let expected: Vec<Vec<Vec<u8>>> = vec![
+            vec![b"PING".to_vec()],
+            vec![b"SET".to_vec(), b"k".to_vec(), big.clone(), b"EX".to_vec(), b"100".to_vec()],
+            vec![b"MSET".to_vec(), b"a".to_vec(), big2.clone(), b"b".to_vec(), big.clone()],
+            vec![b"GET".to_vec(), b"k".to_vec()],
+        ];
+        // All at once, and in socket-sized pieces (cut mid-header, mid-payload, mid-CRLF).
+        assert_eq!(parse_all(&input).0, expected);
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut max_buffered = 0;
+        for piece in input.chunks(16 * 1024 + 1) {
+            buf.extend_from_slice(piece);
+            p.parse(&mut buf, &mut out).unwrap();
+            max_buffered = max_buffered.max(buf.capacity());
+            assert!(p.held_bytes() <= big.len() + big2.len() + 64);
+        }
+        assert!(buf.is_empty() && p.held_bytes() == 0);
+        assert!(max_buffered < 128 * 1024, "the caller's buffer grew to {max_buffered}");
+        let got: Vec<Vec<Vec<u8>>> = out.iter().map(|c| c.iter().map(|a| a.to_vec()).collect()).collect();
+        assert_eq!(got, expected);
+        // Each large argument is a buffer of its own (page aligned), the store may adopt it.
+        for arg in [&out[1][2], &out[2][2], &out[2][4]] {
+            assert_eq!(arg.as_ptr() as usize % crate::large::PAGE_BYTES, 0);
+        }
+    }
+
+    #[test]
+    fn a_large_bulk_cut_before_its_crlf_waits_for_it() {
+        let big = vec![1u8; 1 << 20];
+        let input = multibulk(&[b"SET", b"k", &big]);
+        let mut p = Parser::new(Limits::default());
+        let mut buf = BytesMut::from(&input[..input.len() - 1]);
+        let mut out = Vec::new();
+        p.parse(&mut buf, &mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(p.bulk_bytes_missing(buf.len()), 1);
+        assert_eq!(p.held_bytes(), 1 + 3 + big.len());
+        buf.extend_from_slice(b"\n");
+        p.parse(&mut buf, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][2][..], &big[..]);
     }
 }

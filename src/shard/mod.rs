@@ -195,10 +195,12 @@ pub enum Request {
 }
 
 pub enum Response {
-    /// Encoded replies back to back; `ends[i]` is the end offset of reply `i`.
+    /// Encoded replies back to back; `ends[i]` is the end offset of reply `i`; the large
+    /// values they refer to (see `crate::resp::encode::LargeRefs`).
     Batch {
         out: Vec<u8>,
         ends: Vec<usize>,
+        large: crate::resp::LargeRefs,
     },
     Locked,
     Part(PartResult),

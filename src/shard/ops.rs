@@ -128,17 +128,18 @@ fn exec<'a>(shard: &'a Shard, store: &'a mut crate::store::Store) -> Exec<'a> {
 pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &mut [Vec<Bytes>]) -> (Response, u64) {
     let mut out = Vec::with_capacity(cmds.len() * 16);
     let mut ends = Vec::with_capacity(cmds.len());
+    let mut large = Vec::new();
     let mut store = shard.store.borrow_mut();
     let mut observed = 0;
     let hard_bytes = shard.global.client_output_buffer_limit.normal().hard_bytes;
     for args in cmds {
         // Replies at the client's hard output limit close its connection without replies
         // (`conn`): as Redis does for a client over its limit, run nothing more for it.
-        if hard_bytes > 0 && out.len() as u64 >= hard_bytes {
+        if hard_bytes > 0 && (out.len() + crate::resp::encode::large_bytes(&large)) as u64 >= hard_bytes {
             ends.push(out.len());
             continue;
         }
-        let mut w = ReplyWriter::new(&mut out, proto);
+        let mut w = ReplyWriter::with_large(&mut out, &mut large, proto);
         match cmd::lookup(&args[0]) {
             Some(spec) => {
                 let (start, at) = (std::time::Instant::now(), w.buf.len());
@@ -151,7 +152,7 @@ pub fn run_batch(shard: &Shard, proto: Protocol, cmds: &mut [Vec<Bytes>]) -> (Re
         }
         ends.push(out.len());
     }
-    (Response::Batch { out, ends }, observed)
+    (Response::Batch { out, ends, large }, observed)
 }
 
 /// Runs one part; returns its result and the log LSN it depends on.
