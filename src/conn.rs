@@ -234,14 +234,19 @@ async fn write_replies(
     large: &LargeRefs,
     g: &crate::shard::Global,
 ) -> std::io::Result<bool> {
-    let mut pieces: Vec<&[u8]> = Vec::with_capacity(2 * large.len() + 1);
-    let mut from = 0;
-    for (at, v) in large {
-        pieces.push(&out[from..*at]);
-        pieces.push(v);
-        from = *at;
+    // The buffer cut at each large value, the values in between (no allocation without any).
+    let single = [out];
+    let mut split: Vec<&[u8]> = Vec::new();
+    if !large.is_empty() {
+        let mut from = 0;
+        for (at, v) in large {
+            split.push(&out[from..*at]);
+            split.push(v);
+            from = *at;
+        }
+        split.push(&out[from..]);
     }
-    pieces.push(&out[from..]);
+    let pieces: &[&[u8]] = if large.is_empty() { &single } else { &split };
     let mut unwritten = out.len() + large_bytes(large);
     let limit = g.client_output_buffer_limit.normal();
     let mut over_since: Option<std::time::Instant> = None;
@@ -387,7 +392,7 @@ async fn execute_all(conn: &mut Conn, cmds: &mut [Vec<Bytes>], out: &mut Vec<u8>
                     None => {
                         conn.abort |= !flush_round(&shard, conn.proto, &mut round, out, large).await;
                         let (start, at) = (std::time::Instant::now(), out.len());
-                        let mut w = ReplyWriter::new(out, conn.proto);
+                        let mut w = ReplyWriter::with_large(out, large, conn.proto);
                         coord::run_multi(&shard, spec, args, &mut w).await;
                         stats.record(spec, start, cmd::stats::is_error_reply(out, at));
                     }

@@ -90,7 +90,7 @@ async fn run_locked(
         "mget" => {
             let ops = by_shard.iter().map(|(&s, idx)| (s, PartOp::Mget(idx.iter().map(|&i| key(i)).collect())));
             let results = parts(shard, tx, ops.collect()).await;
-            let mut values: Vec<Option<Vec<u8>>> = vec![None; args.len()];
+            let mut values: Vec<Option<Bytes>> = vec![None; args.len()];
             for ((_, idx), r) in by_shard.iter().zip(results) {
                 if let PartResult::Values(vs) = r {
                     for (&i, v) in idx.iter().zip(vs) {
@@ -101,7 +101,8 @@ async fn run_locked(
             out.array(args.len() - 1);
             for v in &values[1..] {
                 match v {
-                    Some(v) => out.bulk(v),
+                    // Only a large value comes back shared (`Entry::value_bytes`).
+                    Some(v) => out.bulk_value(v, (v.len() >= crate::large::LARGE_VALUE_MIN_BYTES).then_some(v)),
                     None => out.null(),
                 }
             }

@@ -30,8 +30,8 @@ use crate::wal::{LogOutcome, LogScanner, RecoveryMode};
 use bytes::{Bytes, BytesMut};
 
 /// Limits used by the targets: small, so that declared lengths are exercised on both sides of
-/// them without megabyte inputs.
-const FUZZ_LIMITS: Limits = Limits { max_bulk_bytes: 4096, max_args: 64 };
+/// them without megabyte inputs, and bulks of 64 bytes or more take the large-bulk path.
+const FUZZ_LIMITS: Limits = Limits { max_bulk_bytes: 4096, max_args: 64, large_bulk_min_bytes: 64 };
 /// Largest value a fuzzed command may create (SETRANGE/APPEND past it must fail cleanly).
 const FUZZ_MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Fixed clock for the targets, so that runs are reproducible.
@@ -57,7 +57,7 @@ pub fn resp_parse(data: &[u8]) {
         // A multibulk encoding of the command parses back to the same arguments.
         let mut wire = BytesMut::from(&encode_multibulk(args)[..]);
         let mut out = Vec::new();
-        let limits = Limits { max_bulk_bytes: data.len(), max_args: FUZZ_LIMITS.max_args };
+        let limits = Limits { max_bulk_bytes: data.len(), ..FUZZ_LIMITS };
         Parser::new(limits).parse(&mut wire, &mut out).expect("re-encoded command parses");
         assert_eq!(out.as_slice(), std::slice::from_ref(args));
         assert!(wire.is_empty());
@@ -96,7 +96,8 @@ fn encode_multibulk(args: &[Bytes]) -> Vec<u8> {
 /// state (key commands and PING/ECHO/TIME) against a fresh in-memory store, as a connection
 /// would: lookup, arity check, execute. Every command must write exactly one reply.
 pub fn command_parse(data: &[u8]) {
-    let mut parser = Parser::new(Limits { max_bulk_bytes: FUZZ_MAX_VALUE_BYTES, max_args: 1024 });
+    let mut parser =
+        Parser::new(Limits { max_bulk_bytes: FUZZ_MAX_VALUE_BYTES, max_args: 1024, large_bulk_min_bytes: 64 });
     let mut buf = BytesMut::from(data);
     let mut cmds = Vec::new();
     let _ = parser.parse(&mut buf, &mut cmds);

@@ -132,7 +132,8 @@ pub fn rename(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter, nx: bool) {
     let Some(e) = cx.write_take(src) else {
         return out.error(err::NO_SUCH_KEY);
     };
-    cx.write_set(dst, e.value(), e.expire_at_ms());
+    // The value moves to the new key; a large one is shared, not copied.
+    cx.write_set_bytes(dst, e.value_bytes(), e.expire_at_ms());
     if nx {
         out.integer(1)
     } else {

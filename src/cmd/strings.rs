@@ -319,7 +319,8 @@ pub fn setrange(args: &[Bytes], cx: &mut Exec, out: &mut ReplyWriter) {
     };
     let (old_len, ttl) = current.unwrap_or((0, None));
     let new_len = old_len.max(needed);
-    let old: Vec<u8> = cx.get(key).map(|e| e.value().to_vec()).unwrap_or_default();
+    // A large old value is shared, not copied: only the new value is built.
+    let old = cx.get(key).map(Entry::value_bytes).unwrap_or_default();
     let entry = Entry::with_value_len(key, new_len, ttl, |dst| {
         dst[..old.len()].copy_from_slice(&old);
         dst[old.len()..].fill(0);

@@ -55,11 +55,14 @@ pub struct Limits {
     pub max_bulk_bytes: usize,
     /// Largest accepted argument count of one command.
     pub max_args: usize,
+    /// Bulks of this many bytes or more are read into their own buffer (see "Large bulks");
+    /// [`LARGE_VALUE_MIN_BYTES`] in the server, smaller in the fuzz targets so they reach it.
+    pub large_bulk_min_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk_bytes: 512 * 1024 * 1024, max_args: 1024 * 1024 }
+        Limits { max_bulk_bytes: 512 * 1024 * 1024, max_args: 1024 * 1024, large_bulk_min_bytes: LARGE_VALUE_MIN_BYTES }
     }
 }
 
@@ -242,7 +245,7 @@ impl Parser {
                     };
                     self.pos = line_end + 2;
                     self.state = State::BulkData { len, remaining };
-                    if len >= LARGE_VALUE_MIN_BYTES {
+                    if len >= self.limits.large_bulk_min_bytes {
                         self.start_large(buf, out, len);
                     }
                 }
@@ -679,7 +682,7 @@ mod tests {
 
     #[test]
     fn limits_are_enforced_at_the_boundary() {
-        let limits = Limits { max_bulk_bytes: 4, max_args: 2 };
+        let limits = Limits { max_bulk_bytes: 4, max_args: 2, ..Limits::default() };
         let run = |input: &[u8]| {
             let mut p = Parser::new(limits);
             let mut buf = BytesMut::from(input);

@@ -25,16 +25,17 @@ pub enum PartOp {
     /// Remove and return a key (RENAME's source).
     Take(Bytes),
     /// Store a key with an absolute expiry (RENAME's destination).
-    Put { key: Bytes, value: Vec<u8>, expire_at_ms: Option<u64> },
+    Put { key: Bytes, value: Bytes, expire_at_ms: Option<u64> },
     /// The OOM check of a command that may add memory, before any part of it runs: evict down
     /// to the limit, or refuse (see `Exec::admit`).
     Admit,
 }
 
 pub enum PartResult {
-    Values(Vec<Option<Vec<u8>>>),
+    /// Values read (a large value is shared, not copied).
+    Values(Vec<Option<Bytes>>),
     Count(i64),
-    Taken(Option<(Vec<u8>, Option<u64>)>),
+    Taken(Option<(Bytes, Option<u64>)>),
     Done,
     /// The transaction did not hold this shard's gate: a bug, reported rather than ignored.
     NotLocked,
@@ -168,7 +169,7 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
     }
     let r = match op {
         PartOp::Mget(keys) => {
-            PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(|e| e.value().to_vec())).collect())
+            PartResult::Values(keys.iter().map(|k| cx.lookup_read(k).map(Entry::value_bytes)).collect())
         }
         PartOp::Mset(pairs) => {
             for (k, v) in pairs {
@@ -178,9 +179,9 @@ pub fn run_part(shard: &Shard, tx: u64, op: PartOp) -> (PartResult, u64) {
         }
         PartOp::Del(keys) => PartResult::Count(keys.iter().filter(|k| cx.write_del(k)).count() as i64),
         PartOp::Exists(keys) => PartResult::Count(keys.iter().filter(|k| cx.exists(k)).count() as i64),
-        PartOp::Take(key) => PartResult::Taken(cx.write_take(&key).map(|e| (e.value().to_vec(), e.expire_at_ms()))),
+        PartOp::Take(key) => PartResult::Taken(cx.write_take(&key).map(|e| (e.value_bytes(), e.expire_at_ms()))),
         PartOp::Put { key, value, expire_at_ms } => {
-            cx.write_entry(Entry::new(&key, &value, expire_at_ms));
+            cx.write_entry(Entry::from_bytes(&key, value, expire_at_ms));
             PartResult::Done
         }
         PartOp::Admit => match cx.admit() {

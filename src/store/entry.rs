@@ -208,6 +208,14 @@ impl Entry {
         Entry { ptr }
     }
 
+    /// The value as `Bytes`: a large value shared (no copy), a small one copied.
+    pub fn value_bytes(&self) -> Bytes {
+        match self.shared_value() {
+            Some(v) => v.clone(),
+            None => Bytes::copy_from_slice(self.value()),
+        }
+    }
+
     /// The out-of-line value (a value of [`LARGE_VALUE_MIN_BYTES`] or more), to share rather
     /// than copy; `None` for a value stored inline.
     pub fn shared_value(&self) -> Option<&Bytes> {
