@@ -268,3 +268,40 @@ fn a_durable_512_mib_value_survives_kill9_and_recovery_holds_one_copy() {
     let mut c = connect(s.addr);
     get_streamed(&mut c, "big", 5, len);
 }
+
+#[test]
+fn a_large_value_the_kernel_cannot_map_gets_an_error_and_the_server_goes_on() {
+    if Server::own_only() {
+        return;
+    }
+    let server = Server::start_with(1, &["--durability", "off"]);
+    let pid = server.pid().expect("own server");
+    let mut c = connect(server.addr);
+    assert_eq!(set_streamed(&mut c, "before", 7, 2 * MIB), "+OK");
+    // Connect first (its buffers are allocated), then cap the server's address space just
+    // above what it uses: the first mapping of a large value (256 KiB) cannot be made.
+    let mut w = connect(server.addr);
+    let limit = |cur: u64| {
+        let lim = libc::rlimit { rlim_cur: cur, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit on our own child with a valid rlimit.
+        let r = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_AS, &lim, std::ptr::null_mut()) };
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    limit((status_kb(pid, "VmSize:") * 1024 + 128 * 1024) as u64);
+    // Only the header and one byte: the server reads all that was sent before it closes, so
+    // the close is a clean one and the reply arrives.
+    w.write_all(format!("*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n${}\r\nx", 256 * MIB).as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = w.read_to_end(&mut reply);
+    limit(libc::RLIM_INFINITY);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("-ERR cannot map 262144 bytes for a large value: "), "got {text:?}");
+
+    // Nothing was stored, nothing was lost, others are served.
+    let mut r = server.client();
+    let huge: Option<Vec<u8>> = redis::cmd("GET").arg("huge").query(&mut r).unwrap();
+    assert_eq!(huge, None);
+    get_streamed(&mut c, "before", 7, 2 * MIB);
+    let pong: String = redis::cmd("PING").query(&mut r).unwrap();
+    assert_eq!(pong, "PONG");
+}
