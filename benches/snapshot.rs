@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringcache::snapshot::format::{chunks, entries, verify, Compression, Encoder, EntryRef, Header};
+use ringcache::snapshot::format::{entries, frames, verify, Compression, Encoder, EntryRef, Frame, Header};
 use rkyv::util::AlignedVec;
 
 #[global_allocator]
@@ -23,13 +23,12 @@ fn items() -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn encode(items: &[(Vec<u8>, Vec<u8>)], compression: Compression) -> AlignedVec {
-    let refs: Vec<EntryRef<'_>> =
-        items.iter().map(|(k, v)| EntryRef { key: k, value: v, expire_at_ms: None }).collect();
+    let refs: Vec<EntryRef<'_>> = items.iter().map(|(k, v)| EntryRef::new(k, v, None)).collect();
     let header = Header { shard_id: 0, shard_count: 1, lsn: 1, created_ms: 0, compression };
     let mut out = Vec::with_capacity(1 << 20);
     let mut enc = Encoder::new(&header, &mut out);
     enc.chunk(&refs, &mut out).expect("encodes");
-    enc.finish(1, &mut out);
+    enc.finish(1, &mut out).expect("finishes");
     let mut a = AlignedVec::new();
     a.extend_from_slice(&out);
     a
@@ -38,8 +37,7 @@ fn encode(items: &[(Vec<u8>, Vec<u8>)], compression: Compression) -> AlignedVec 
 fn bench(c: &mut Criterion) {
     let items = items();
     let payload: usize = items.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let refs: Vec<EntryRef<'_>> =
-        items.iter().map(|(k, v)| EntryRef { key: k, value: v, expire_at_ms: None }).collect();
+    let refs: Vec<EntryRef<'_>> = items.iter().map(|(k, v)| EntryRef::new(k, v, None)).collect();
     let mut g = c.benchmark_group("snapshot_chunk");
     g.throughput(Throughput::Bytes(payload as u64));
     for (name, compression) in [("none", Compression::None), ("lz4", Compression::Lz4)] {
@@ -60,8 +58,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 verify(black_box(&file)).expect("valid");
                 let mut n = 0usize;
-                for chunk in chunks(&file) {
-                    let chunk = chunk.expect("valid chunk");
+                for frame in frames(&file) {
+                    let Frame::Chunk(chunk) = frame.expect("valid frame") else { continue };
                     for e in entries(&chunk, &mut scratch).expect("valid archive").iter() {
                         n += e.key_bytes().len() + e.value_bytes().len() + e.expire_at().is_some() as usize;
                     }

@@ -158,9 +158,12 @@ pub fn check_shard(dir: &Path, shard_id: u32, shard_count: u32) -> ShardReport {
     let mut chosen: Option<u64> = None;
     for (lsn, path, name) in snaps {
         match verify_snapshot(path, lsn, shard_id, shard_count) {
-            Ok((entries, chunks)) => {
+            Ok(s) => {
                 let role = if chosen.is_none() { "recovery loads this one" } else { "kept for fallback" };
-                r.lines.push(format!("{name}: ok, LSN {lsn}, {entries} entries in {chunks} chunks ({role})"));
+                r.lines.push(format!(
+                    "{name}: ok, version {}, LSN {lsn}, {} entries in {} chunks and {} large values ({role})",
+                    s.version, s.entries, s.chunks, s.large_values
+                ));
                 chosen.get_or_insert(lsn);
             }
             Err(e) => {
@@ -252,13 +255,18 @@ pub fn check_shard(dir: &Path, shard_id: u32, shard_count: u32) -> ShardReport {
     r
 }
 
-/// Verifies a snapshot completely (checksums, then every chunk's archive). Returns (entries,
-/// chunks).
-fn verify_snapshot(path: &Path, lsn: u64, shard_id: u32, shard_count: u32) -> Result<(u64, u64), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(&bytes);
-    drop(bytes);
+/// Verifies a snapshot completely (checksums, then every chunk's archive). Returns the
+/// footer's summary.
+fn verify_snapshot(path: &Path, lsn: u64, shard_id: u32, shard_count: u32) -> Result<format::Summary, String> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| format!("unreadable: {e}");
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let len = usize::try_from(f.metadata().map_err(unreadable)?.len()).map_err(|e| e.to_string())?;
+    // Read straight into an aligned buffer (archives are accessed in place): one copy of the
+    // file in memory.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(len);
+    aligned.resize(len, 0);
+    f.read_exact(&mut aligned).map_err(unreadable)?;
     let (h, summary) = format::verify(&aligned).map_err(|c| c.to_string())?;
     if h.lsn != lsn {
         return Err(format!("header LSN {} differs from the file name", h.lsn));
@@ -267,9 +275,11 @@ fn verify_snapshot(path: &Path, lsn: u64, shard_id: u32, shard_count: u32) -> Re
         return Err(format!("written by shard {} of {} (recovery refuses to start)", h.shard_id, h.shard_count));
     }
     let mut scratch = rkyv::util::AlignedVec::new();
-    for c in format::chunks(&aligned) {
-        let c = c.map_err(|e| e.to_string())?;
-        format::entries(&c, &mut scratch).map_err(|e| e.to_string())?;
+    for frame in format::frames(&aligned) {
+        // Large values' checksums were checked by `verify`; chunks' archives are checked here.
+        if let format::Frame::Chunk(c) = frame.map_err(|e| e.to_string())? {
+            format::entries(&c, &mut scratch).map_err(|e| e.to_string())?;
+        }
     }
-    Ok((summary.entries, summary.chunks))
+    Ok(summary)
 }

@@ -425,13 +425,17 @@ fn snapshot_recipe(data: &[u8]) {
     let mut file = Vec::new();
     let mut enc = snap::Encoder::new(&header, &mut file);
     for c in items.chunks(per_chunk) {
-        let refs: Vec<snap::EntryRef<'_>> =
-            c.iter().map(|(k, v, t)| snap::EntryRef { key: k, value: v, expire_at_ms: *t }).collect();
-        if enc.chunk(&refs, &mut file).is_err() {
+        let refs: Vec<snap::EntryRef<'_>> = c.iter().map(|(k, v, t)| snap::EntryRef::new(k, v, *t)).collect();
+        // Values of 1000 bytes or more go into large-value frames (the server uses them from
+        // 1 MiB on; the format does not care), so the recipes cover both kinds of frame.
+        let (large, small): (Vec<_>, Vec<_>) = refs.into_iter().partition(|r| r.value.len() >= 1000);
+        if enc.chunk(&small, &mut file).is_err() || large.iter().any(|r| enc.large(r, &mut file).is_err()) {
             return;
         }
     }
-    enc.finish(7, &mut file);
+    if enc.finish(7, &mut file).is_err() {
+        return;
+    }
     let damage = Damage::read(&mut r, file.len());
     damage.apply(&mut file);
 

@@ -137,13 +137,11 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let h = snap::Header { shard_id: 0, shard_count: 1, lsn: 3, created_ms: 1, compression: snap::Compression::Lz4 };
     let mut file = Vec::new();
     let mut enc = snap::Encoder::new(&h, &mut file);
-    let entries = [
-        snap::EntryRef { key: b"k1", value: b"hello", expire_at_ms: None },
-        snap::EntryRef { key: b"k2", value: &[7; 300], expire_at_ms: Some(u64::MAX) },
-    ];
+    let entries = [snap::EntryRef::new(b"k1", b"hello", None), snap::EntryRef::new(b"k2", &[7; 300], Some(u64::MAX))];
     enc.chunk(&entries[..1], &mut file).expect("chunk");
     enc.chunk(&entries[1..], &mut file).expect("chunk");
-    enc.finish(3, &mut file);
+    enc.large(&snap::EntryRef::new(b"k3", &[5; 1500], Some(9)), &mut file).expect("large value");
+    enc.finish(3, &mut file).expect("finish");
     // Raw mode needs an even first byte: the magic starts with 'R' (0x52).
     out.push(("snapshot_load", "seed-snapshot", file));
     out.push(("snapshot_load", "seed-recipe-0", vec![1, 0, 3, 6, 2, b'k', b'1', 0, 3, b'a', b'b', b'c', 1, 9]));

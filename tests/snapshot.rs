@@ -833,3 +833,182 @@ fn snapshots_work_with_a_relative_data_dir() {
     assert_eq!(snaps.len(), 2, "the SAVE snapshot and the shutdown one; log: {log}");
     let _ = std::fs::remove_dir_all(&rel);
 }
+
+// 13. Large values: written as large-value frames, straight from the entries; byte-identical
+// after kill -9; a snapshot taken while they change holds their versions at its LSN.
+
+/// `len` deterministic bytes that differ for every `seed` (a byte-for-byte check means something).
+fn blob(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// An entry as a snapshot file holds it: value, expiry, stored as a large-value frame.
+type Stored = (Vec<u8>, Option<u64>, bool);
+
+/// Every entry of a snapshot file, by key, and the file's LSN.
+fn snapshot_entries(path: &Path) -> (u64, HashMap<Vec<u8>, Stored>) {
+    use ringcache::snapshot::format::{self, Frame};
+    let bytes = std::fs::read(path).unwrap();
+    let mut b = rkyv::util::AlignedVec::<16>::new();
+    b.extend_from_slice(&bytes);
+    let (header, _) = format::verify(&b).unwrap();
+    let mut out = HashMap::new();
+    let mut scratch = rkyv::util::AlignedVec::new();
+    for f in format::frames(&b) {
+        match f.unwrap() {
+            Frame::Chunk(c) => {
+                for e in format::entries(&c, &mut scratch).unwrap().iter() {
+                    out.insert(e.key_bytes().to_vec(), (e.value_bytes().to_vec(), e.expire_at(), false));
+                }
+            }
+            Frame::Large(l) => {
+                let mut v = vec![0u8; l.value.len()];
+                l.copy_value(&mut v, &mut |_| {}).unwrap();
+                out.insert(l.key.to_vec(), (v, l.expire_at_ms, true));
+            }
+        }
+    }
+    (header.lsn, out)
+}
+
+fn get_bytes(c: &mut redis::Connection, k: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(k).query(c).unwrap()
+}
+
+#[test]
+fn large_values_survive_snapshot_and_kill9_byte_identical() {
+    let dir = DataDir::new("large-values");
+    let mut server = start(&dir.path, "sync", 1, &["--snapshot-interval-s", "3600"]);
+    let mut c = server.client();
+    let sizes = [3 << 20, (7 << 20) + 3, 40 << 20];
+    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let (k, v) = (format!("big:{i}"), blob(i as u64, n));
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&k).arg(&v[..]);
+        if i == 2 {
+            cmd.arg("EX").arg(3600);
+        }
+        let _: () = cmd.query(&mut c).unwrap();
+        model.insert(k, v);
+    }
+    for i in 0..300 {
+        let _: () = query(&mut c, &["SET", &key(i), &value(i, 1)]).unwrap();
+        model.insert(key(i), value(i, 1).into_bytes());
+    }
+    save(&mut c);
+    let shard = shard_dir(&dir.path, 0);
+    let (lsn_a, first) = snapshot_entries(snapshots(&shard).last().unwrap());
+    assert_eq!(first.len(), model.len());
+    for (k, v) in &model {
+        let (got, exp, large) = &first[k.as_bytes()];
+        assert!(got == v, "{k}: value differs in the snapshot");
+        assert_eq!(*large, k.starts_with("big:"), "{k}: values of 1 MiB or more are large-value frames");
+        assert_eq!(exp.is_some(), k == "big:2", "{k}: expiry");
+    }
+
+    // A second snapshot while the large values change: it must hold them as they were at its
+    // LSN (the walk keeps the old version by reference until it is written).
+    let _: () = query(&mut c, &["SET", "marker", "1"]).unwrap(); // LSN lsn_a + 1
+    let new0 = blob(100, 5 << 20);
+    let mut p = redis::pipe();
+    p.cmd("BGSAVE").cmd("SET").arg("big:0").arg(&new0[..]).ignore().cmd("DEL").arg("big:1").ignore();
+    let (started,): (String,) = p.query(&mut c).unwrap();
+    assert_eq!(started, "Background saving started");
+    let t = Instant::now();
+    while snapshots(&shard).len() < 2 || info_u64(&info(&mut c), "rdb_bgsave_in_progress") != 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "BGSAVE did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (lsn_b, second) = snapshot_entries(snapshots(&shard).last().unwrap());
+    // LSNs after lsn_a: the marker, then SET big:0, then DEL big:1.
+    assert!((lsn_a + 1..=lsn_a + 3).contains(&lsn_b), "snapshot LSN {lsn_b} after {lsn_a}");
+    let want0 = if lsn_b >= lsn_a + 2 { &new0 } else { &model["big:0"] };
+    assert!(second[&b"big:0"[..]].0 == *want0, "big:0 at LSN {lsn_b}");
+    assert_eq!(second.contains_key(&b"big:1"[..]), lsn_b < lsn_a + 3, "big:1 at LSN {lsn_b}");
+    assert!(second[&b"big:2"[..]].0 == model["big:2"]);
+    eprintln!("second snapshot at LSN {lsn_b} (first {lsn_a})");
+    model.insert("big:0".into(), new0);
+    model.remove("big:1");
+    model.insert("marker".into(), b"1".to_vec());
+
+    // Writes after the snapshot are in the log only; then kill -9.
+    let new2 = blob(200, (1 << 20) + 1);
+    let _: () = redis::cmd("SET").arg("big:3").arg(&new2[..]).query(&mut c).unwrap();
+    model.insert("big:3".into(), new2);
+    drop(c);
+    crash(&mut server);
+
+    let mut server = start(&dir.path, "sync", 1, &[]);
+    let mut c = server.client();
+    let i = info(&mut c);
+    assert_eq!(info_u64(&i, "recovery_snapshot_keys"), second.len() as u64, "{i:?}");
+    for (k, v) in &model {
+        assert!(get_bytes(&mut c, k).as_ref() == Some(v), "{k}: not byte-identical after restart");
+    }
+    assert_eq!(get_bytes(&mut c, "big:1"), None);
+    assert_eq!(dbsize(&mut c), model.len() as u64);
+    let ttl: i64 = query(&mut c, &["TTL", "big:2"]).unwrap();
+    assert!(ttl > 3000, "TTL of big:2: {ttl}");
+    drop(c);
+    stop(&mut server);
+    let (code, text) = run_check(&dir.path);
+    assert_eq!(code, Some(0), "{text}");
+    let large_in_b = second.values().filter(|e| e.2).count();
+    assert!(text.contains(&format!("version 2, LSN {lsn_b}, {} entries", second.len())), "{text}");
+    assert!(text.contains(&format!("and {large_in_b} large values (recovery loads this one)")), "{text}");
+}
+
+/// Rewrites a snapshot file as version 1 (the format before large-value frames: the same bytes
+/// without them), with the checksums that cover the version.
+fn as_version_1(path: &Path) {
+    use xxhash_rust::xxh3::xxh3_64;
+    let mut b = std::fs::read(path).unwrap();
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&b);
+    let (_, s) = ringcache::snapshot::format::verify(&aligned).unwrap();
+    assert_eq!(s.large_values, 0, "a version 1 file has no large values");
+    let f = s.footer_offset as usize;
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let sum = xxh3_64(&b[..56]);
+    b[56..64].copy_from_slice(&sum.to_le_bytes());
+    let sum = xxh3_64(&b[..f]);
+    b[f + 32..f + 40].copy_from_slice(&sum.to_le_bytes());
+    let sum = xxh3_64(&b[f..f + 56]);
+    b[f + 56..f + 64].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_version_1_snapshot_still_loads_and_checks() {
+    let dir = DataDir::new("snapshot-v1");
+    let mut server = start(&dir.path, "sync", 1, &[]);
+    let mut c = server.client();
+    write_round(&mut c, 0, 200);
+    save(&mut c);
+    drop(c);
+    crash(&mut server);
+    let snap = snapshots(&shard_dir(&dir.path, 0)).pop().unwrap();
+    as_version_1(&snap);
+    let (code, text) = run_check(&dir.path);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("version 1") && text.contains("200 entries"), "{text}");
+    let mut server = start(&dir.path, "sync", 1, &[]);
+    let mut c = server.client();
+    assert_eq!(info_u64(&info(&mut c), "recovery_snapshot_keys"), 200);
+    let keys: Vec<String> = (0..200).map(key).collect();
+    for (n, v) in mget(&mut c, &keys).into_iter().enumerate() {
+        assert_eq!(v, Some(value(n, 7)), "key {n}");
+    }
+    drop(c);
+    stop(&mut server);
+}

@@ -2,23 +2,31 @@
 //!
 //! ```text
 //! snap-<lsn, 20 digits>.snap
-//! +--------+-----------------------+-----------------------+-----+--------+--------------+
-//! | header | chunk 0               | chunk 1               | ... | footer | zero padding |
-//! | 64 B   | 32 B hdr, rkyv, pad16 | 32 B hdr, rkyv, pad16 |     | 64 B   | to 4096      |
-//! +--------+-----------------------+-----------------------+-----+--------+--------------+
+//! +--------+-----------------------+-------------------------------------+-----+--------+-----------+
+//! | header | chunk                 | large value                         | ... | footer | zero pad  |
+//! | 64 B   | 32 B hdr, rkyv, pad16 | 32 B hdr, key, value, pad16, 16 B   |     | 64 B   | to 4096   |
+//! +--------+-----------------------+-------------------------------------+-----+--------+-----------+
 //! ```
 //!
-//! Every frame (header, chunk, footer) carries its own xxh3-64 checksum, and the footer carries
-//! one over every byte before it. A chunk's payload is an rkyv archive of its entries, optionally
-//! lz4-compressed. Every frame is a multiple of 16 bytes long, so an uncompressed payload sits at
-//! a 16-byte aligned offset and can be accessed in place (zero-copy) when the file is read into
-//! an aligned buffer. The byte tables are in `docs/SNAPSHOT.md`; this file and that document
-//! must change together.
+//! Every frame (header, chunk, large value, footer) carries its own xxh3-64 checksum, and the
+//! footer carries one over every byte before it. A chunk's payload is an rkyv archive of its
+//! entries, optionally lz4-compressed. A *large-value frame* (version 2) holds one entry whose
+//! value the store keeps out of line ([`crate::large`], 1 MiB or more), written raw: the writer
+//! streams it from the entry's shared buffer in bounded pieces ([`Encoder::begin_large`]), so a
+//! 512 MiB value never passes through an archive, a compression buffer or a write buffer of its
+//! size; its checksum is in a trailer because it is known only at the end. Every frame is a
+//! multiple of 16 bytes long, so an uncompressed payload sits at a 16-byte aligned offset and
+//! can be accessed in place (zero-copy) when the file is read into an aligned buffer. The byte
+//! tables are in `docs/SNAPSHOT.md`; this file and that document must change together.
 //!
 //! Everything here is pure: no I/O, no clock. Decoding never indexes out of bounds, checks every
 //! length against its limit before using it, allocates only after the checksum covering a
 //! length has been verified, and uses rkyv's *checked* access (bytecheck) on file bytes only.
+//! Long reads (verification, a large value's copy) report their progress through a callback, so
+//! that the caller can give back the pages of a mapped file behind them.
 
+use crate::store::Entry;
+use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use thiserror::Error;
@@ -26,12 +34,29 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Files are padded to whole blocks (O_DIRECT writes whole 4096-byte blocks).
 pub const BLOCK_SIZE: usize = 4096;
-/// Current format version.
-pub const FORMAT_VERSION: u32 = 1;
-/// First 8 bytes of every snapshot file.
+/// Current format version (what the encoder writes): 2 added the large-value frame.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version decoding accepts. Version 1 is version 2 without large-value frames (and
+/// with the footer's bytes 40..48 zero), so it is read by the same code.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// First 8 bytes of every snapshot file, whatever its version (the name is historical: the
+/// version is the header's `version` field).
 pub const HEADER_MAGIC: [u8; 8] = *b"RCSNAPv1";
 /// First 4 bytes of every chunk frame.
 pub const CHUNK_MAGIC: [u8; 4] = *b"RCCK";
+/// First 4 bytes of every large-value frame (version 2).
+pub const LARGE_MAGIC: [u8; 4] = *b"RCLV";
+/// Size of a large-value frame's header.
+pub const LARGE_HEADER_BYTES: usize = 32;
+/// Size of a large-value frame's trailer (its body checksum).
+pub const LARGE_TRAILER_BYTES: usize = 16;
+/// Bytes a long read (verification, a large value's copy) goes through before it reports its
+/// progress: the caller gives back mapped pages at most this far behind the reader.
+pub const READ_PIECE_BYTES: usize = 1 << 20;
+/// Capacity the encoder's lz4 buffer keeps between chunks. Large values bypass it (they are
+/// written raw), so a chunk is at most 256 KiB of entries plus one entry below 1 MiB; a chunk
+/// with a long key may grow the buffer beyond this, and it is given back right after.
+pub const LZ4_BUFFER_KEEP_BYTES: usize = 2 << 20;
 /// First 8 bytes of the footer.
 pub const FOOTER_MAGIC: [u8; 8] = *b"RCSNAPFT";
 /// Size of the file header.
@@ -52,6 +77,7 @@ pub const MAX_ITEM_BYTES: usize = 512 << 20;
 
 const _: () = assert!(HEADER_BYTES % FRAME_ALIGN == 0 && CHUNK_HEADER_BYTES % FRAME_ALIGN == 0);
 const _: () = assert!(FOOTER_BYTES % FRAME_ALIGN == 0);
+const _: () = assert!(LARGE_HEADER_BYTES % FRAME_ALIGN == 0 && LARGE_TRAILER_BYTES % FRAME_ALIGN == 0);
 
 /// How chunk payloads are compressed (`--snapshot-compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,9 +126,37 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// One entry as it is archived: borrowed from the store while encoding.
-#[derive(rkyv::Archive, rkyv::Serialize, Debug, Clone, Copy)]
+/// One entry handed to the encoder, borrowed from the store while encoding.
+#[derive(Debug, Clone, Copy)]
 pub struct EntryRef<'a> {
+    /// Key bytes.
+    pub key: &'a [u8],
+    /// Value bytes.
+    pub value: &'a [u8],
+    /// Absolute expiry in Unix ms.
+    pub expire_at_ms: Option<u64>,
+    /// The buffer the store shares the value from when it keeps it out of line (a large
+    /// value): the snapshot writer clones it (a reference, not a copy), which keeps this
+    /// version of the value alive until it is written whatever happens to the entry, and
+    /// streams it as a large-value frame.
+    pub shared: Option<&'a Bytes>,
+}
+
+impl<'a> EntryRef<'a> {
+    /// An entry with an inline value (no shared buffer).
+    pub fn new(key: &'a [u8], value: &'a [u8], expire_at_ms: Option<u64>) -> EntryRef<'a> {
+        EntryRef { key, value, expire_at_ms, shared: None }
+    }
+
+    /// The entry `e` of the store.
+    pub fn of(e: &'a Entry) -> EntryRef<'a> {
+        EntryRef { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms(), shared: e.shared_value() }
+    }
+}
+
+/// One entry as a chunk archives it (the same archived layout in every version).
+#[derive(rkyv::Archive, rkyv::Serialize, Debug, Clone, Copy)]
+pub struct StoredEntry<'a> {
     /// Key bytes.
     #[rkyv(with = rkyv::with::InlineAsBox)]
     pub key: &'a [u8],
@@ -114,9 +168,9 @@ pub struct EntryRef<'a> {
 }
 
 /// The archived form of a chunk's entries, accessed in place.
-pub type ArchivedEntries = rkyv::vec::ArchivedVec<ArchivedEntryRef<'static>>;
+pub type ArchivedEntries = rkyv::vec::ArchivedVec<ArchivedStoredEntry<'static>>;
 
-impl ArchivedEntryRef<'_> {
+impl ArchivedStoredEntry<'_> {
     /// Key bytes.
     pub fn key_bytes(&self) -> &[u8] {
         &self.key
@@ -149,10 +203,14 @@ pub struct Header {
 /// What the footer says (and verification confirmed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
-    /// Entries in all chunks.
+    /// The header's format version.
+    pub version: u32,
+    /// Entries in all chunks and large-value frames.
     pub entries: u64,
     /// Chunks in the file.
     pub chunks: u64,
+    /// Large-value frames in the file (one entry each).
+    pub large_values: u64,
     /// Offset of the footer (bytes of header and chunks).
     pub footer_offset: u64,
 }
@@ -203,6 +261,15 @@ pub enum Invalid {
     /// The payload is not a valid archive (bytecheck), or its entry count is wrong.
     #[error("chunk archive invalid")]
     Archive,
+    /// A large-value frame's header checksum does not match.
+    #[error("large-value frame header checksum mismatch")]
+    LargeHeaderChecksum,
+    /// A large-value frame's checksummed header has impossible fields.
+    #[error("impossible large-value frame fields")]
+    LargeFields,
+    /// A large-value frame's key and value do not match its trailer's checksum.
+    #[error("large value checksum mismatch")]
+    LargeChecksum,
 }
 
 /// Corruption at a file offset.
@@ -228,6 +295,9 @@ pub enum EncodeError {
     /// rkyv failed (allocation).
     #[error("archive: {0}")]
     Archive(String),
+    /// The calls do not follow begin, body, end for a large value (a bug in the caller).
+    #[error("large-value frame out of order: {0}")]
+    Sequence(&'static str),
 }
 
 fn align_up(n: usize, a: usize) -> usize {
@@ -273,7 +343,7 @@ impl Header {
             return Err(corrupt(0, Invalid::HeaderChecksum));
         }
         let version = u32_at(h, 8).unwrap_or(0);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(corrupt(8, Invalid::UnsupportedVersion(version)));
         }
         let bad = corrupt(0, Invalid::HeaderFields);
@@ -294,16 +364,27 @@ impl Header {
     }
 }
 
-/// Encodes a snapshot as a stream of bytes: the header, chunks, then the footer. Keeps the
-/// whole-file checksum and the counts as it goes; the caller writes the bytes it appends to
-/// `out` in order.
+/// Encodes a snapshot as a stream of bytes: the header, chunks and large-value frames, then the
+/// footer. Keeps the whole-file checksum and the counts as it goes; the caller writes the bytes
+/// it appends to `out` in order (and may take them out of `out` between calls).
 pub struct Encoder {
     hasher: Xxh3,
     len: u64,
     entries: u64,
     chunks: u64,
+    large_values: u64,
     compression: Compression,
     lz4_buf: Vec<u8>,
+    /// The large-value frame being streamed, if any.
+    open: Option<OpenLarge>,
+}
+
+/// A large-value frame between [`Encoder::begin_large`] and [`Encoder::end_large`].
+struct OpenLarge {
+    body: Xxh3,
+    /// Key and value bytes still to come.
+    remaining: u64,
+    body_len: u64,
 }
 
 impl Encoder {
@@ -315,8 +396,10 @@ impl Encoder {
             len: 0,
             entries: 0,
             chunks: 0,
+            large_values: 0,
             compression: header.compression,
             lz4_buf: Vec::new(),
+            open: None,
         };
         enc.emit(&h, out);
         enc
@@ -338,10 +421,14 @@ impl Encoder {
         self.entries
     }
 
-    /// Appends one chunk holding `entries` to `out`. An empty slice appends nothing.
+    /// Appends one chunk holding `entries` to `out` (their values inline, whether shared or
+    /// not). An empty slice appends nothing.
     pub fn chunk(&mut self, entries: &[EntryRef<'_>], out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if entries.is_empty() {
             return Ok(());
+        }
+        if self.open.is_some() {
+            return Err(EncodeError::Sequence("chunk inside a large-value frame"));
         }
         if entries.len() > MAX_CHUNK_ENTRIES as usize {
             return Err(EncodeError::TooLarge(format!("{} entries", entries.len())));
@@ -349,16 +436,23 @@ impl Encoder {
         if let Some(e) = entries.iter().find(|e| e.key.len() > MAX_ITEM_BYTES || e.value.len() > MAX_ITEM_BYTES) {
             return Err(EncodeError::TooLarge(format!("key {} / value {} bytes", e.key.len(), e.value.len())));
         }
-        let raw =
-            rkyv::to_bytes::<rancor::Error>(&entries.to_vec()).map_err(|e| EncodeError::Archive(e.to_string()))?;
+        let stored: Vec<StoredEntry<'_>> =
+            entries.iter().map(|e| StoredEntry { key: e.key, value: e.value, expire_at_ms: e.expire_at_ms }).collect();
+        let raw = rkyv::to_bytes::<rancor::Error>(&stored).map_err(|e| EncodeError::Archive(e.to_string()))?;
+        drop(stored);
         if raw.len() > MAX_CHUNK_RAW_BYTES {
             return Err(EncodeError::TooLarge(format!("{} archive bytes", raw.len())));
         }
         let payload: &[u8] = match self.compression {
             Compression::None => &raw,
             Compression::Lz4 => {
+                let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+                if self.lz4_buf.capacity() > LZ4_BUFFER_KEEP_BYTES.max(bound) {
+                    // An earlier chunk (a long key) grew it: give the memory back.
+                    self.lz4_buf = Vec::new();
+                }
                 self.lz4_buf.clear();
-                self.lz4_buf.resize(lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+                self.lz4_buf.resize(bound, 0);
                 let n = lz4_flex::block::compress_into(&raw, &mut self.lz4_buf)
                     .map_err(|e| EncodeError::Archive(e.to_string()))?;
                 self.lz4_buf.truncate(n);
@@ -386,14 +480,90 @@ impl Encoder {
             self.len += part.len() as u64;
             out.extend_from_slice(part);
         }
+        if self.lz4_buf.capacity() > LZ4_BUFFER_KEEP_BYTES {
+            self.lz4_buf = Vec::new();
+        }
         self.entries += entries.len() as u64;
         self.chunks += 1;
         Ok(())
     }
 
+    /// Starts a large-value frame for an entry with a key of `key_len` bytes and a value of
+    /// `value_len` bytes: appends its header to `out`. The key and then the value follow in
+    /// any number of [`large_body`](Self::large_body) calls, then [`end_large`](Self::end_large).
+    /// Nothing else may be encoded in between.
+    pub fn begin_large(
+        &mut self,
+        key_len: usize,
+        value_len: usize,
+        expire_at_ms: Option<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if self.open.is_some() {
+            return Err(EncodeError::Sequence("large-value frame inside another"));
+        }
+        if key_len > MAX_ITEM_BYTES || value_len > MAX_ITEM_BYTES {
+            return Err(EncodeError::TooLarge(format!("key {key_len} / value {value_len} bytes")));
+        }
+        let mut h = [0u8; LARGE_HEADER_BYTES];
+        h[0..4].copy_from_slice(&LARGE_MAGIC);
+        h[4] = u8::from(expire_at_ms.is_some());
+        h[8..12].copy_from_slice(&(key_len as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&(value_len as u32).to_le_bytes());
+        h[16..24].copy_from_slice(&expire_at_ms.unwrap_or(0).to_le_bytes());
+        let sum = xxh3_64(&h[..24]);
+        h[24..32].copy_from_slice(&sum.to_le_bytes());
+        self.emit(&h, out);
+        let body_len = (key_len + value_len) as u64;
+        self.open = Some(OpenLarge { body: Xxh3::new(), remaining: body_len, body_len });
+        Ok(())
+    }
+
+    /// Appends the next `piece` of the open large-value frame's key and value to `out`.
+    pub fn large_body(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let Some(open) = self.open.as_mut() else {
+            return Err(EncodeError::Sequence("large-value body without a frame"));
+        };
+        if piece.len() as u64 > open.remaining {
+            return Err(EncodeError::Sequence("more large-value body than declared"));
+        }
+        open.remaining -= piece.len() as u64;
+        open.body.update(piece);
+        self.emit(piece, out);
+        Ok(())
+    }
+
+    /// Ends the open large-value frame: appends the padding and the trailer to `out`.
+    pub fn end_large(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let Some(open) = self.open.take_if(|o| o.remaining == 0) else {
+            return Err(EncodeError::Sequence("large-value frame ended early or never begun"));
+        };
+        let pad = align_up(open.body_len as usize, FRAME_ALIGN) - open.body_len as usize;
+        let zeros = [0u8; FRAME_ALIGN];
+        self.emit(zeros.get(..pad).unwrap_or_default(), out);
+        let mut t = [0u8; LARGE_TRAILER_BYTES];
+        t[0..8].copy_from_slice(&open.body.digest().to_le_bytes());
+        self.emit(&t, out);
+        self.entries += 1;
+        self.large_values += 1;
+        Ok(())
+    }
+
+    /// One whole large-value frame (tests and fuzzing; the snapshot writer streams the value
+    /// with [`begin_large`](Self::begin_large) instead).
+    pub fn large(&mut self, e: &EntryRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.begin_large(e.key.len(), e.value.len(), e.expire_at_ms, out)?;
+        self.large_body(e.key, out)?;
+        self.large_body(e.value, out)?;
+        self.end_large(out)
+    }
+
     /// Appends the footer and zero padding to the next block boundary. Returns the summary
     /// (the file is `footer_offset + 64` bytes plus padding).
-    pub fn finish(mut self, lsn: u64, out: &mut Vec<u8>) -> Summary {
+    pub fn finish(mut self, lsn: u64, out: &mut Vec<u8>) -> Result<Summary, EncodeError> {
+        if self.open.is_some() {
+            return Err(EncodeError::Sequence("footer inside a large-value frame"));
+        }
         let footer_offset = self.len;
         let mut f = [0u8; FOOTER_BYTES];
         f[0..8].copy_from_slice(&FOOTER_MAGIC);
@@ -401,13 +571,20 @@ impl Encoder {
         f[16..24].copy_from_slice(&self.chunks.to_le_bytes());
         f[24..32].copy_from_slice(&lsn.to_le_bytes());
         f[32..40].copy_from_slice(&self.hasher.digest().to_le_bytes());
+        f[40..48].copy_from_slice(&self.large_values.to_le_bytes());
         let sum = xxh3_64(&f[..56]);
         f[56..64].copy_from_slice(&sum.to_le_bytes());
         self.emit(&f, out);
         let total = align_up(self.len as usize, BLOCK_SIZE);
         let pad = total - self.len as usize;
         out.resize(out.len() + pad, 0);
-        Summary { entries: self.entries, chunks: self.chunks, footer_offset }
+        Ok(Summary {
+            version: FORMAT_VERSION,
+            entries: self.entries,
+            chunks: self.chunks,
+            large_values: self.large_values,
+            footer_offset,
+        })
     }
 }
 
@@ -416,6 +593,8 @@ impl Encoder {
 pub struct Chunk<'a> {
     /// Offset of the frame in the file.
     pub offset: u64,
+    /// Offset just after the frame (its padding included).
+    pub end: u64,
     /// How the payload is compressed.
     pub compression: Compression,
     /// Uncompressed (archive) length.
@@ -426,13 +605,81 @@ pub struct Chunk<'a> {
     pub payload: &'a [u8],
 }
 
-enum Frame<'a> {
-    Chunk(Chunk<'a>, usize),
-    Footer { entries: u64, chunks: u64, lsn: u64, file_sum: u64 },
+/// One large-value frame: header checked, lengths bounded, padding and trailer in place. The
+/// body checksum is checked by whoever reads the body ([`verify_with`] while hashing the file,
+/// [`Large::copy_value`] while copying), so that 512 MiB are not read one extra time for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Large<'a> {
+    /// Offset of the frame in the file.
+    pub offset: u64,
+    /// Offset just after the frame (its trailer included).
+    pub end: u64,
+    /// Key bytes (not yet checked against the body checksum).
+    pub key: &'a [u8],
+    /// Value bytes (not yet checked against the body checksum).
+    pub value: &'a [u8],
+    /// Absolute expiry in Unix ms.
+    pub expire_at_ms: Option<u64>,
+    body_sum: u64,
 }
 
-/// Reads the frame at `pos`: a verified chunk (and the offset after it) or the footer.
-fn frame_at(b: &[u8], pos: usize) -> Result<Frame<'_>, Corrupt> {
+impl Large<'_> {
+    /// File offset of the key (the value follows it).
+    fn body_offset(&self) -> usize {
+        self.offset as usize + LARGE_HEADER_BYTES
+    }
+
+    /// Copies the value into `dst` (exactly `value.len()` bytes) in pieces of
+    /// [`READ_PIECE_BYTES`], checking the body checksum on the way, and calls `consumed` with
+    /// the file offset reached after each piece (all bytes before it are read). On a checksum
+    /// mismatch `dst` holds unchecked bytes: the caller drops it.
+    pub fn copy_value(&self, dst: &mut [u8], consumed: &mut dyn FnMut(usize)) -> Result<(), Corrupt> {
+        if dst.len() != self.value.len() {
+            return Err(corrupt(self.offset as usize, Invalid::LargeFields));
+        }
+        let mut sum = Xxh3::new();
+        sum.update(self.key);
+        let mut at = self.body_offset() + self.key.len();
+        for (src, d) in self.value.chunks(READ_PIECE_BYTES).zip(dst.chunks_mut(READ_PIECE_BYTES)) {
+            sum.update(src);
+            d.copy_from_slice(src);
+            at += src.len();
+            consumed(at);
+        }
+        if sum.digest() != self.body_sum {
+            return Err(corrupt(self.offset as usize, Invalid::LargeChecksum));
+        }
+        Ok(())
+    }
+}
+
+/// A frame of a snapshot file, as [`frames`] hands them out.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    /// A chunk of entries.
+    Chunk(Chunk<'a>),
+    /// One entry with a large value.
+    Large(Large<'a>),
+}
+
+impl Frame<'_> {
+    /// Offset just after the frame.
+    pub fn end(&self) -> u64 {
+        match self {
+            Frame::Chunk(c) => c.end,
+            Frame::Large(l) => l.end,
+        }
+    }
+}
+
+enum Raw<'a> {
+    Frame(Frame<'a>),
+    Footer { entries: u64, chunks: u64, lsn: u64, file_sum: u64, large_values: u64 },
+}
+
+/// Reads the frame at `pos`: a verified chunk, a large-value frame (body unchecked, see
+/// [`Large`]) or the footer.
+fn frame_at(b: &[u8], pos: usize) -> Result<Raw<'_>, Corrupt> {
     let magic = b.get(pos..pos + 4).ok_or(corrupt(pos, Invalid::Truncated))?;
     if magic == CHUNK_MAGIC {
         let h = b.get(pos..pos + CHUNK_HEADER_BYTES).ok_or(corrupt(pos, Invalid::Truncated))?;
@@ -465,8 +712,11 @@ fn frame_at(b: &[u8], pos: usize) -> Result<Frame<'_>, Corrupt> {
         if !is_zero(pad) {
             return Err(corrupt(start + stored, Invalid::Padding));
         }
-        let chunk = Chunk { offset: pos as u64, compression, raw_len, entry_count, payload };
-        return Ok(Frame::Chunk(chunk, end));
+        let chunk = Chunk { offset: pos as u64, end: end as u64, compression, raw_len, entry_count, payload };
+        return Ok(Raw::Frame(Frame::Chunk(chunk)));
+    }
+    if magic == LARGE_MAGIC {
+        return large_at(b, pos).map(|l| Raw::Frame(Frame::Large(l)));
     }
     let f = b.get(pos..pos + FOOTER_BYTES).ok_or(corrupt(pos, Invalid::Truncated))?;
     if f.get(..8) != Some(&FOOTER_MAGIC[..]) {
@@ -476,35 +726,116 @@ fn frame_at(b: &[u8], pos: usize) -> Result<Frame<'_>, Corrupt> {
     if xxh3_64(f.get(..56).unwrap_or_default()) != u64_at(f, 56).ok_or(bad)? {
         return Err(bad);
     }
-    if !is_zero(f.get(40..56).unwrap_or(&[1])) {
+    if !is_zero(f.get(48..56).unwrap_or(&[1])) {
         return Err(corrupt(pos, Invalid::Counts));
     }
-    Ok(Frame::Footer {
+    Ok(Raw::Footer {
         entries: u64_at(f, 8).ok_or(bad)?,
         chunks: u64_at(f, 16).ok_or(bad)?,
         lsn: u64_at(f, 24).ok_or(bad)?,
         file_sum: u64_at(f, 32).ok_or(bad)?,
+        large_values: u64_at(f, 40).ok_or(bad)?,
     })
 }
 
-/// Verifies a whole snapshot: header, every chunk's checksum and fields, the footer, its
+/// The large-value frame at `pos` (its magic already seen).
+fn large_at(b: &[u8], pos: usize) -> Result<Large<'_>, Corrupt> {
+    let h = b.get(pos..pos + LARGE_HEADER_BYTES).ok_or(corrupt(pos, Invalid::Truncated))?;
+    let sum = u64_at(h, 24).ok_or(corrupt(pos, Invalid::Truncated))?;
+    if xxh3_64(h.get(..24).unwrap_or_default()) != sum {
+        return Err(corrupt(pos, Invalid::LargeHeaderChecksum));
+    }
+    let fields = corrupt(pos, Invalid::LargeFields);
+    let flags = h.get(4).copied().ok_or(fields)?;
+    let key_len = u32_at(h, 8).ok_or(fields)? as usize;
+    let value_len = u32_at(h, 12).ok_or(fields)? as usize;
+    let expire = u64_at(h, 16).ok_or(fields)?;
+    if flags > 1
+        || !is_zero(h.get(5..8).unwrap_or(&[1]))
+        || key_len > MAX_ITEM_BYTES
+        || value_len > MAX_ITEM_BYTES
+        || (flags == 0 && expire != 0)
+    {
+        return Err(fields);
+    }
+    // Both lengths are below 2^29: no overflow on any target we build for (64-bit).
+    let body = pos + LARGE_HEADER_BYTES;
+    let key = b.get(body..body + key_len).ok_or(corrupt(pos, Invalid::Truncated))?;
+    let value = b.get(body + key_len..body + key_len + value_len).ok_or(corrupt(pos, Invalid::Truncated))?;
+    let body_end = body + key_len + value_len;
+    let trailer = body + align_up(key_len + value_len, FRAME_ALIGN);
+    let t = b.get(trailer..trailer + LARGE_TRAILER_BYTES).ok_or(corrupt(pos, Invalid::Truncated))?;
+    if !is_zero(b.get(body_end..trailer).unwrap_or(&[1])) {
+        return Err(corrupt(body_end, Invalid::Padding));
+    }
+    if !is_zero(t.get(8..).unwrap_or(&[1])) {
+        return Err(corrupt(trailer + 8, Invalid::Padding));
+    }
+    Ok(Large {
+        offset: pos as u64,
+        end: (trailer + LARGE_TRAILER_BYTES) as u64,
+        key,
+        value,
+        expire_at_ms: (flags == 1).then_some(expire),
+        body_sum: u64_at(t, 0).ok_or(fields)?,
+    })
+}
+
+/// Verifies a whole snapshot: header, every frame's checksum and fields, the footer, its
 /// counts, the checksum over the whole and the zero padding. Reads no archive.
 pub fn verify(b: &[u8]) -> Result<(Header, Summary), Corrupt> {
+    verify_with(b, &mut |_| {})
+}
+
+/// [`verify`], calling `consumed` with the offset reached after each frame and after each
+/// [`READ_PIECE_BYTES`] of a large value: verification reads nothing before that offset again.
+pub fn verify_with(b: &[u8], consumed: &mut dyn FnMut(usize)) -> Result<(Header, Summary), Corrupt> {
     let header = Header::decode(b)?;
+    let version = u32_at(b, 8).unwrap_or(0);
+    let mut file = Xxh3::new();
+    file.update(b.get(..HEADER_BYTES).unwrap_or_default());
     let mut pos = HEADER_BYTES;
-    let (mut entries, mut chunks) = (0u64, 0u64);
+    let (mut entries, mut chunks, mut large_values) = (0u64, 0u64, 0u64);
     loop {
         match frame_at(b, pos)? {
-            Frame::Chunk(c, next) => {
+            Raw::Frame(Frame::Chunk(c)) => {
+                let end = c.end as usize;
+                file.update(b.get(pos..end).unwrap_or_default());
                 entries += u64::from(c.entry_count);
                 chunks += 1;
-                pos = next;
+                pos = end;
             }
-            Frame::Footer { entries: fe, chunks: fc, lsn, file_sum } => {
-                if fe != entries || fc != chunks || lsn != header.lsn {
+            Raw::Frame(Frame::Large(l)) => {
+                if version < 2 {
+                    // Version 1 has no such frame.
+                    return Err(corrupt(pos, Invalid::FrameMagic));
+                }
+                let body = l.body_offset();
+                file.update(b.get(pos..body).unwrap_or_default());
+                let mut sum = Xxh3::new();
+                let mut at = body;
+                for piece in
+                    b.get(body..body + l.key.len() + l.value.len()).unwrap_or_default().chunks(READ_PIECE_BYTES)
+                {
+                    sum.update(piece);
+                    file.update(piece);
+                    at += piece.len();
+                    consumed(at);
+                }
+                if sum.digest() != l.body_sum {
+                    return Err(corrupt(pos, Invalid::LargeChecksum));
+                }
+                let end = l.end as usize;
+                file.update(b.get(at..end).unwrap_or_default());
+                entries += 1;
+                large_values += 1;
+                pos = end;
+            }
+            Raw::Footer { entries: fe, chunks: fc, lsn, file_sum, large_values: fl } => {
+                if fe != entries || fc != chunks || fl != large_values || lsn != header.lsn {
                     return Err(corrupt(pos, Invalid::Counts));
                 }
-                if xxh3_64(b.get(..pos).unwrap_or_default()) != file_sum {
+                if file.digest() != file_sum {
                     return Err(corrupt(pos, Invalid::FileChecksum));
                 }
                 let end = pos + FOOTER_BYTES;
@@ -512,23 +843,27 @@ pub fn verify(b: &[u8]) -> Result<(Header, Summary), Corrupt> {
                 if rest.len() >= BLOCK_SIZE || !is_zero(rest) {
                     return Err(corrupt(end, Invalid::Padding));
                 }
-                return Ok((header, Summary { entries, chunks, footer_offset: pos as u64 }));
+                consumed(b.len());
+                let summary = Summary { version, entries, chunks, large_values, footer_offset: pos as u64 };
+                return Ok((header, summary));
             }
         }
+        consumed(pos);
     }
 }
 
-/// The chunks of a snapshot, in order (each frame re-checked). Use after [`verify`].
-pub fn chunks(b: &[u8]) -> impl Iterator<Item = Result<Chunk<'_>, Corrupt>> + '_ {
+/// The frames of a snapshot, in order (each frame re-checked; a large value's body is checked
+/// when it is read, see [`Large`]). Use after [`verify`].
+pub fn frames(b: &[u8]) -> impl Iterator<Item = Result<Frame<'_>, Corrupt>> + '_ {
     let mut pos = Some(HEADER_BYTES);
     std::iter::from_fn(move || {
         let p = pos?;
         match frame_at(b, p) {
-            Ok(Frame::Chunk(c, next)) => {
-                pos = Some(next);
-                Some(Ok(c))
+            Ok(Raw::Frame(f)) => {
+                pos = Some(f.end() as usize);
+                Some(Ok(f))
             }
-            Ok(Frame::Footer { .. }) => {
+            Ok(Raw::Footer { .. }) => {
                 pos = None;
                 None
             }
@@ -586,16 +921,61 @@ mod tests {
     }
 
     fn encode(items: &[Item], compression: Compression, per_chunk: usize) -> Vec<u8> {
+        encode_mixed(items, compression, per_chunk, usize::MAX)
+    }
+
+    /// Items whose value has `large_min` bytes or more go into large-value frames (streamed in
+    /// pieces of 7 bytes, as the writer streams in pieces), the rest into chunks of `per_chunk`.
+    fn encode_mixed(items: &[Item], compression: Compression, per_chunk: usize, large_min: usize) -> Vec<u8> {
         let header = Header { shard_id: 1, shard_count: 3, lsn: 42, created_ms: 7, compression };
         let mut out = Vec::new();
         let mut enc = Encoder::new(&header, &mut out);
         for c in items.chunks(per_chunk.max(1)) {
-            let refs: Vec<EntryRef<'_>> =
-                c.iter().map(|(k, v, e)| EntryRef { key: k, value: v, expire_at_ms: *e }).collect();
+            let (large, small): (Vec<&Item>, Vec<&Item>) = c.iter().partition(|(_, v, _)| v.len() >= large_min);
+            let refs: Vec<EntryRef<'_>> = small.iter().map(|(k, v, e)| EntryRef::new(k, v, *e)).collect();
             enc.chunk(&refs, &mut out).unwrap();
+            for (k, v, e) in large {
+                enc.begin_large(k.len(), v.len(), *e, &mut out).unwrap();
+                for piece in k.chunks(7).chain(v.chunks(7)) {
+                    enc.large_body(piece, &mut out).unwrap();
+                }
+                enc.end_large(&mut out).unwrap();
+            }
         }
-        enc.finish(42, &mut out);
+        enc.finish(42, &mut out).unwrap();
         out
+    }
+
+    /// `sample(n)` with every fifth value long enough to go into a large-value frame with
+    /// `encode_mixed(.., MIXED_LARGE_MIN)`.
+    const MIXED_LARGE_MIN: usize = 40;
+    fn mixed_sample(n: usize) -> Vec<Item> {
+        let mut items = sample(n);
+        for (i, it) in items.iter_mut().enumerate().filter(|(i, _)| i % 5 == 2) {
+            it.1 = (0..MIXED_LARGE_MIN + i * 3).map(|j| (i * 31 + j) as u8).collect();
+        }
+        items
+    }
+
+    fn sorted(mut items: Vec<Item>) -> Vec<Item> {
+        items.sort();
+        items
+    }
+
+    /// Rewrites the version field of an encoded file and every checksum that covers it.
+    fn with_version(b: &[u8], version: u32) -> Vec<u8> {
+        let mut b = b.to_vec();
+        let footer = verify(&aligned(&b)).map(|(_, s)| s.footer_offset as usize);
+        b[8..12].copy_from_slice(&version.to_le_bytes());
+        let sum = xxh3_64(&b[..56]);
+        b[56..64].copy_from_slice(&sum.to_le_bytes());
+        if let Ok(f) = footer {
+            let file_sum = xxh3_64(&b[..f]);
+            b[f + 32..f + 40].copy_from_slice(&file_sum.to_le_bytes());
+            let sum = xxh3_64(&b[f..f + 56]);
+            b[f + 56..f + 64].copy_from_slice(&sum.to_le_bytes());
+        }
+        b
     }
 
     fn aligned(b: &[u8]) -> AlignedVec {
@@ -604,14 +984,27 @@ mod tests {
         v
     }
 
+    /// Every entry of a verified file, in file order.
     fn decode(b: &[u8]) -> Result<Vec<Item>, Corrupt> {
         verify(b)?;
+        read_frames(b)
+    }
+
+    fn read_frames(b: &[u8]) -> Result<Vec<Item>, Corrupt> {
         let mut got = Vec::new();
-        for c in chunks(b) {
-            let c = c?;
-            let mut scratch = AlignedVec::new();
-            for e in entries(&c, &mut scratch)?.iter() {
-                got.push((e.key_bytes().to_vec(), e.value_bytes().to_vec(), e.expire_at()));
+        for f in frames(b) {
+            match f? {
+                Frame::Chunk(c) => {
+                    let mut scratch = AlignedVec::new();
+                    for e in entries(&c, &mut scratch)?.iter() {
+                        got.push((e.key_bytes().to_vec(), e.value_bytes().to_vec(), e.expire_at()));
+                    }
+                }
+                Frame::Large(l) => {
+                    let mut v = vec![0u8; l.value.len()];
+                    l.copy_value(&mut v, &mut |_| {})?;
+                    got.push((l.key.to_vec(), v, l.expire_at_ms));
+                }
             }
         }
         Ok(got)
@@ -658,8 +1051,10 @@ mod tests {
     /// Every truncation of a small multi-chunk file is corruption (never a panic, never accepted).
     #[test]
     fn every_truncation_is_detected() {
-        for compression in [Compression::None, Compression::Lz4] {
-            let b = encode(&sample(40), compression, 8);
+        for (compression, large_min) in
+            [(Compression::None, usize::MAX), (Compression::Lz4, usize::MAX), (Compression::Lz4, MIXED_LARGE_MIN)]
+        {
+            let b = encode_mixed(&mixed_sample(40), compression, 8, large_min);
             let logical = verify(&aligned(&b)).unwrap().1.footer_offset as usize + FOOTER_BYTES;
             for cut in 0..b.len() {
                 let r = decode(&aligned(&b[..cut]));
@@ -676,8 +1071,10 @@ mod tests {
     /// Every single-bit flip anywhere in the file is detected.
     #[test]
     fn every_bit_flip_is_detected() {
-        for compression in [Compression::None, Compression::Lz4] {
-            let b = encode(&sample(12), compression, 5);
+        for (compression, large_min) in
+            [(Compression::None, usize::MAX), (Compression::Lz4, usize::MAX), (Compression::None, MIXED_LARGE_MIN)]
+        {
+            let b = encode_mixed(&mixed_sample(12), compression, 5, large_min);
             for i in 0..b.len() {
                 for bit in 0..8 {
                     let mut m = aligned(&b);
@@ -691,7 +1088,7 @@ mod tests {
     /// Random garbage and random overwrites never panic.
     #[test]
     fn random_damage_never_panics() {
-        let b = encode(&sample(30), Compression::Lz4, 7);
+        let b = encode_mixed(&mixed_sample(30), Compression::Lz4, 7, MIXED_LARGE_MIN);
         let mut x: u64 = 0x9e3779b97f4a7c15;
         let mut next = || {
             x ^= x << 13;
@@ -707,10 +1104,7 @@ mod tests {
             }
             let _ = decode(&m);
             // Bypass the checksums: the archive checks alone must not panic either.
-            for c in chunks(&m).flatten() {
-                let mut s = AlignedVec::new();
-                let _ = entries(&c, &mut s);
-            }
+            let _ = read_frames(&m);
         }
         let garbage: Vec<u8> = (0..9000).map(|_| next() as u8).collect();
         assert!(decode(&aligned(&garbage)).is_err());
@@ -733,8 +1127,130 @@ mod tests {
         let mut file = aligned(&[0u8; HEADER_BYTES]);
         file.extend_from_slice(&h);
         file.extend_from_slice(&payload);
-        let c = chunks(&file).next().unwrap().unwrap();
+        let Some(Ok(Frame::Chunk(c))) = frames(&file).next() else { panic!("a chunk") };
         let mut scratch = AlignedVec::new();
         assert_eq!(entries(&c, &mut scratch).err().map(|e| e.reason), Some(Invalid::Archive));
+    }
+
+    #[test]
+    fn large_value_frames_roundtrip_beside_chunks() {
+        let items = mixed_sample(200);
+        for compression in [Compression::None, Compression::Lz4] {
+            let b = aligned(&encode_mixed(&items, compression, 16, MIXED_LARGE_MIN));
+            let (_, s) = verify(&b).unwrap();
+            assert_eq!((s.version, s.entries, s.chunks, s.large_values), (FORMAT_VERSION, 200, 13, 40));
+            assert_eq!(sorted(decode(&b).unwrap()), sorted(items.clone()));
+        }
+    }
+
+    /// A value of several read pieces: copied whole, progress reported piece by piece, up to
+    /// the end of the value, and verification reports progress inside it too.
+    #[test]
+    fn a_multi_megabyte_value_is_read_in_pieces() {
+        let value: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i % 251) as u8).collect();
+        let items = vec![(b"big".to_vec(), value.clone(), Some(5)), (b"small".to_vec(), b"v".to_vec(), None)];
+        let b = aligned(&encode_mixed(&items, Compression::Lz4, 2, 1 << 20));
+        let mut seen = Vec::new();
+        let (_, s) = verify_with(&b, &mut |at| seen.push(at)).unwrap();
+        assert_eq!(s.large_values, 1);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only moves forward: {seen:?}");
+        assert!(seen.len() >= 4 && seen.last() == Some(&b.len()));
+        let Some(Ok(Frame::Large(l))) = frames(&b).nth(1) else { panic!("the large frame follows the chunk") };
+        assert_eq!((l.key, l.expire_at_ms), (&b"big"[..], Some(5)));
+        let mut dst = vec![0u8; value.len()];
+        let mut offsets = Vec::new();
+        l.copy_value(&mut dst, &mut |at| offsets.push(at)).unwrap();
+        assert_eq!(dst, value);
+        assert_eq!(offsets.len(), 4);
+        assert_eq!(*offsets.last().unwrap(), l.offset as usize + LARGE_HEADER_BYTES + 3 + value.len());
+    }
+
+    /// Damage in a large-value frame is reported as the frame's own error at its offset, by
+    /// verification and by the copy (which checks the body on its own).
+    #[test]
+    fn damaged_large_frames_are_corruption_with_their_reason() {
+        let items = vec![(b"k".to_vec(), vec![9u8; 5000], None)];
+        let b = encode_mixed(&items, Compression::Lz4, 1, 100);
+        let at = HEADER_BYTES;
+        let reason = |m: &[u8]| verify(&aligned(m)).err().map(|c| (c.offset as usize, c.reason));
+        // The value.
+        let mut m = b.clone();
+        m[at + LARGE_HEADER_BYTES + 1 + 4000] ^= 1;
+        assert_eq!(reason(&m), Some((at, Invalid::LargeChecksum)));
+        let m = aligned(&m);
+        let Some(Ok(Frame::Large(l))) = frames(&m).next() else { panic!("a large frame") };
+        let mut dst = vec![0u8; 5000];
+        assert_eq!(l.copy_value(&mut dst, &mut |_| {}).err().map(|c| c.reason), Some(Invalid::LargeChecksum));
+        // The key, the length, the trailer's checksum and its reserved bytes.
+        let trailer = at + LARGE_HEADER_BYTES + (5001usize).next_multiple_of(16);
+        for (i, want) in [
+            (at + LARGE_HEADER_BYTES, Invalid::LargeChecksum),
+            (at + 13, Invalid::LargeHeaderChecksum),
+            (trailer, Invalid::LargeChecksum),
+        ] {
+            let mut m = b.clone();
+            m[i] ^= 0x10;
+            assert_eq!(reason(&m).map(|r| r.1), Some(want), "flip at {i}");
+        }
+        let mut m = b.clone();
+        m[trailer + 9] = 1;
+        assert_eq!(reason(&m), Some((trailer + 8, Invalid::Padding)));
+        // A checksummed header with a length beyond the limit, and one beyond the file.
+        for (value_len, want) in [(MAX_ITEM_BYTES as u32 + 1, Invalid::LargeFields), (1 << 20, Invalid::Truncated)] {
+            let mut m = b.clone();
+            m[at + 12..at + 16].copy_from_slice(&value_len.to_le_bytes());
+            let sum = xxh3_64(&m[at..at + 24]);
+            m[at + 24..at + 32].copy_from_slice(&sum.to_le_bytes());
+            assert_eq!(reason(&m), Some((at, want)));
+        }
+        // Cut inside the value.
+        assert_eq!(reason(&b[..at + 1000]), Some((at, Invalid::Truncated)));
+    }
+
+    /// Version 1 files (chunks only) still verify and load; a large-value frame in one is
+    /// damage; a version this build does not know is refused as such.
+    #[test]
+    fn version_1_files_are_read_and_newer_versions_refused() {
+        let items = sample(50);
+        let v1 = aligned(&with_version(&encode(&items, Compression::Lz4, 8), 1));
+        let (_, s) = verify(&v1).unwrap();
+        assert_eq!((s.version, s.entries, s.large_values), (1, 50, 0));
+        assert_eq!(decode(&v1).unwrap(), items);
+        let mixed = with_version(&encode_mixed(&mixed_sample(10), Compression::Lz4, 5, MIXED_LARGE_MIN), 1);
+        assert_eq!(verify(&aligned(&mixed)).err().map(|c| c.reason), Some(Invalid::FrameMagic));
+        let v3 = with_version(&encode(&items, Compression::Lz4, 8), 3);
+        assert_eq!(verify(&aligned(&v3)).err().map(|c| c.reason), Some(Invalid::UnsupportedVersion(3)));
+    }
+
+    #[test]
+    fn the_encoder_refuses_frames_out_of_order() {
+        let header = Header { shard_id: 0, shard_count: 1, lsn: 1, created_ms: 0, compression: Compression::Lz4 };
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&header, &mut out);
+        let one = [EntryRef::new(b"k", b"v", None)];
+        assert!(matches!(enc.large_body(b"x", &mut out), Err(EncodeError::Sequence(_))));
+        enc.begin_large(1, 2, None, &mut out).unwrap();
+        assert!(matches!(enc.chunk(&one, &mut out), Err(EncodeError::Sequence(_))));
+        assert!(matches!(enc.begin_large(1, 1, None, &mut out), Err(EncodeError::Sequence(_))));
+        assert!(matches!(enc.large_body(b"four", &mut out), Err(EncodeError::Sequence(_))));
+        enc.large_body(b"kv", &mut out).unwrap();
+        assert!(matches!(enc.end_large(&mut out), Err(EncodeError::Sequence(_))), "one byte missing");
+        enc.large_body(b"v", &mut out).unwrap();
+        enc.end_large(&mut out).unwrap();
+        enc.begin_large(0, 0, None, &mut out).unwrap();
+        assert!(matches!(enc.finish(1, &mut out), Err(EncodeError::Sequence(_))));
+    }
+
+    /// A chunk with a long key grows the lz4 buffer; it is given back at once.
+    #[test]
+    fn the_lz4_buffer_keeps_no_capacity_beyond_its_bound() {
+        let header = Header { shard_id: 0, shard_count: 1, lsn: 1, created_ms: 0, compression: Compression::Lz4 };
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&header, &mut out);
+        let key = vec![3u8; 5 << 20];
+        enc.chunk(&[EntryRef::new(&key, b"v", None)], &mut out).unwrap();
+        assert!(enc.lz4_buf.capacity() <= LZ4_BUFFER_KEEP_BYTES, "kept {}", enc.lz4_buf.capacity());
+        enc.chunk(&[EntryRef::new(b"k", b"v", None)], &mut out).unwrap();
+        assert!(enc.lz4_buf.capacity() <= LZ4_BUFFER_KEEP_BYTES);
     }
 }

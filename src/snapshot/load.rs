@@ -5,8 +5,22 @@
 //! reclaimable page cache instead of a second copy of the dataset on the heap. Every checksum is
 //! verified before the first entry is inserted; entries then go straight from the archive into
 //! the store.
+//!
+//! # Memory while loading
+//! A mapped page the process has read counts in its resident memory (`RssFile`) until it is
+//! unmapped, so reading a whole file through its mapping would add the file's size to the peak
+//! (VmHWM) on top of the entries built from it. Both passes (verification, then inserting) give
+//! the pages behind them back (`madvise(MADV_DONTNEED)`, [`Releaser`]) every
+//! [`LOAD_RELEASE_BYTES`]; the pages stay in the page cache, so the second pass reads them from
+//! memory when the machine has room. A large value (a large-value frame) is copied once, from
+//! the mapping into its own page-mapped buffer ([`crate::large`]), which the entry adopts
+//! (`Entry::with_value_len`): no decompression buffer of its size. So the peak is the entries
+//! themselves plus at most `LOAD_RELEASE_BYTES` + [`format::READ_PIECE_BYTES`] of file pages and
+//! one chunk's decompression buffer (which keeps at most [`SCRATCH_KEEP_BYTES`] between chunks).
+//! Version 1 files keep large values inside chunks: they load as before (a value passes through
+//! the decompression buffer), and the next snapshot rewrites them as version 2.
 
-use super::format::{self, parse_snapshot_file_name, Header};
+use super::format::{self, parse_snapshot_file_name, Frame, Header};
 use crate::store::{Entry, Store};
 use crate::wal::file::sync_dir;
 use crate::wal::replay::RecoverError;
@@ -78,6 +92,50 @@ impl Drop for Mapped {
     }
 }
 
+/// File bytes a load reads through a mapping before it gives the pages behind it back.
+pub const LOAD_RELEASE_BYTES: usize = 8 << 20;
+
+/// Capacity the decompression buffer keeps between chunks (a version-1 chunk holding a large
+/// value grows it to that value's size; it is given back after that chunk).
+pub const SCRATCH_KEEP_BYTES: usize = 4 << 20;
+
+/// Gives back the pages of a mapped snapshot that a pass has read, so that they stop counting
+/// in the process's resident memory. Only ever built over a [`Mapped`] file: dropping pages of
+/// a private, read-only file mapping loses nothing (a later read faults them back in from the
+/// file, which the locked data directory keeps unchanged), whereas on heap memory it would
+/// zero the bytes.
+struct Releaser {
+    base: *mut u8,
+    len: usize,
+    /// Everything before this offset (a page boundary) was given back.
+    done: usize,
+}
+
+impl Releaser {
+    fn over(m: &Mapped) -> Releaser {
+        let b = m.bytes();
+        Releaser { base: b.as_ptr().cast_mut(), len: b.len(), done: 0 }
+    }
+
+    /// The pass will not read before `offset` again.
+    fn consumed(&mut self, offset: usize) {
+        let end = offset.min(self.len) / crate::large::PAGE_BYTES * crate::large::PAGE_BYTES;
+        if end < self.done + LOAD_RELEASE_BYTES && !(offset >= self.len && end > self.done) {
+            return;
+        }
+        // SAFETY: `done..end` is a page-aligned range inside the mapping (`base` is the start
+        // of the mapping, page-aligned by mmap); see the type's docs for why the bytes any
+        // `&[u8]` into it refers to stay the same.
+        unsafe { libc::madvise(self.base.add(self.done).cast(), end - self.done, libc::MADV_DONTNEED) };
+        self.done = end;
+    }
+
+    /// A new pass starts from the beginning.
+    fn restart(&mut self) {
+        self.done = 0;
+    }
+}
+
 /// The snapshot files in `dir` as `(lsn, path)`, ascending. Missing directory: none.
 pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoverError> {
     let mut out: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
@@ -121,39 +179,76 @@ pub fn remove_temp_files(dir: &Path) -> Result<u64, RecoverError> {
 /// `store`: those for which `keep` is true and that have not expired at `now_ms`. Returns how
 /// many were inserted.
 ///
-/// The bytes are untrusted: every chunk frame is re-checked and every archive goes through
-/// rkyv's checked access, so an archive that fails bytecheck despite its checksum is an error,
-/// not undefined behaviour. On error, returns the corruption and how many entries were already
-/// inserted (the caller removes them). Uncompressed payloads are read in place when `b` is
-/// 16-byte aligned (a mapping is), else copied. This is also the body of the `snapshot_load`
-/// fuzz target ([`crate::fuzzing`]).
+/// The bytes are untrusted: every frame is re-checked, every archive goes through rkyv's
+/// checked access and every large value's checksum is checked while it is copied, so a file
+/// that fails a check despite [`format::verify`] is an error, not undefined behaviour. On
+/// error, returns the corruption and how many entries were already inserted (the caller
+/// removes them). Uncompressed payloads are read in place when `b` is 16-byte aligned (a
+/// mapping is), else copied. This is also the body of the `snapshot_load` fuzz target
+/// ([`crate::fuzzing`]).
 pub fn insert_entries(
     b: &[u8],
     store: &mut Store,
     now_ms: u64,
     keep: &dyn Fn(&[u8]) -> bool,
 ) -> Result<u64, (format::Corrupt, u64)> {
+    insert_entries_with(b, store, now_ms, keep, &mut |_| {})
+}
+
+/// [`insert_entries`], calling `consumed` with the file offset reached after each frame and
+/// each piece of a large value (nothing before it is read again).
+fn insert_entries_with(
+    b: &[u8],
+    store: &mut Store,
+    now_ms: u64,
+    keep: &dyn Fn(&[u8]) -> bool,
+    consumed: &mut dyn FnMut(usize),
+) -> Result<u64, (format::Corrupt, u64)> {
     let mut scratch = AlignedVec::new();
     let mut keys = 0u64;
-    for chunk in format::chunks(b) {
-        let loaded = chunk.and_then(|c| {
-            let entries = format::entries(&c, &mut scratch)?;
-            for (i, e) in entries.iter().enumerate() {
-                // The bucket of the key PREFETCH_AHEAD entries on is fetched while this one is
-                // inserted (most of a load is waiting for those slots).
-                if let Some(ahead) = entries.get(i + PREFETCH_AHEAD) {
-                    store.prefetch(ahead.key_bytes());
+    for frame in format::frames(b) {
+        let loaded = frame.and_then(|f| match f {
+            Frame::Chunk(c) => {
+                let entries = format::entries(&c, &mut scratch)?;
+                for (i, e) in entries.iter().enumerate() {
+                    // The bucket of the key PREFETCH_AHEAD entries on is fetched while this one is
+                    // inserted (most of a load is waiting for those slots).
+                    if let Some(ahead) = entries.get(i + PREFETCH_AHEAD) {
+                        store.prefetch(ahead.key_bytes());
+                    }
+                    let (k, v, t) = (e.key_bytes(), e.value_bytes(), e.expire_at());
+                    if t.is_some_and(|t| t <= now_ms) || !keep(k) {
+                        continue;
+                    }
+                    store.put(Entry::new(k, v, t), now_ms);
+                    // Above --maxmemory (lowered since the snapshot), evict while loading.
+                    store.fit_after_load(now_ms);
+                    keys += 1;
                 }
-                let (k, v, t) = (e.key_bytes(), e.value_bytes(), e.expire_at());
-                if t.is_some_and(|t| t <= now_ms) || !keep(k) {
-                    continue;
+                if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                    scratch = AlignedVec::new();
                 }
-                store.put(Entry::new(k, v, t), now_ms);
-                // Above --maxmemory (lowered since the snapshot), evict while loading.
+                consumed(c.end as usize);
+                Ok(())
+            }
+            Frame::Large(l) => {
+                if l.expire_at_ms.is_some_and(|t| t <= now_ms) || !keep(l.key) {
+                    consumed(l.end as usize);
+                    return Ok(());
+                }
+                // Copied once, piece by piece, into the value's own mapping, which the entry
+                // adopts; the file pages behind the copy are given back as it goes.
+                let mut copied = Ok(());
+                let e = Entry::with_value_len(l.key, l.value.len(), l.expire_at_ms, |dst| {
+                    copied = l.copy_value(dst, consumed);
+                });
+                copied?;
+                store.put(e, now_ms);
                 store.fit_after_load(now_ms);
                 keys += 1;
+                consumed(l.end as usize);
+                Ok(())
             }
-            Ok(())
         });
         if let Err(c) = loaded {
             return Err((c, keys));
@@ -196,19 +291,23 @@ pub fn load_newest(
         let start = Instant::now();
         let result = Mapped::open(&path).map_err(Unusable::Io).and_then(|m| {
             let b = m.bytes();
-            let (header, summary) = format::verify(b).map_err(Unusable::Corrupt)?;
+            let mut pages = Releaser::over(&m);
+            let (header, summary) = format::verify_with(b, &mut |at| pages.consumed(at)).map_err(Unusable::Corrupt)?;
+            pages.restart();
             check_header(&header, lsn, shard_id, shard_count, &path)?;
             // Size the table once. The count is covered by the whole-file checksum; the cap (an
             // archived entry takes more than 16 bytes) keeps a crafted file from making us
             // allocate more buckets than it could hold entries.
             let expected = summary.entries.min(b.len() as u64 / 16);
             store.reserve(usize::try_from(expected).unwrap_or(usize::MAX));
-            let keys = insert_entries(b, store, now_ms, keep).map_err(|(c, inserted)| {
-                if inserted > 0 {
-                    undo(store);
-                }
-                Unusable::Corrupt(c)
-            })?;
+            let keys = insert_entries_with(b, store, now_ms, keep, &mut |at| pages.consumed(at)).map_err(
+                |(c, inserted)| {
+                    if inserted > 0 {
+                        undo(store);
+                    }
+                    Unusable::Corrupt(c)
+                },
+            )?;
             Ok(Loaded {
                 lsn,
                 path: path.clone(),
@@ -280,4 +379,109 @@ fn check_header(h: &Header, lsn: u64, shard_id: u32, shard_count: u32, path: &Pa
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::format::{Compression, Encoder, EntryRef};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ringcache-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A snapshot at `lsn` of shard 0 of 1 holding `small` in a chunk and `large` in
+    /// large-value frames.
+    fn write_snapshot(dir: &Path, lsn: u64, small: &[EntryRef<'_>], large: &[EntryRef<'_>]) -> PathBuf {
+        let header = Header { shard_id: 0, shard_count: 1, lsn, created_ms: 1, compression: Compression::Lz4 };
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&header, &mut out);
+        enc.chunk(small, &mut out).unwrap();
+        for e in large {
+            enc.large(e, &mut out).unwrap();
+        }
+        enc.finish(lsn, &mut out).unwrap();
+        let path = dir.join(format::snapshot_file_name(lsn));
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    fn load(dir: &Path, store: &mut Store) -> Result<Option<Loaded>, RecoverError> {
+        load_newest(dir, 0, 1, true, store, 1_000, &|_| true, &mut |s: &mut Store| s.clear())
+    }
+
+    #[test]
+    fn large_values_load_out_of_line_and_byte_identical() {
+        let dir = temp_dir("large");
+        let big: Vec<u8> = (0..(9 << 20) + 5).map(|i| (i * 13 % 251) as u8).collect();
+        let mid: Vec<u8> = vec![7; 1 << 20];
+        write_snapshot(
+            &dir,
+            5,
+            &[EntryRef::new(b"small", b"v", None)],
+            &[
+                EntryRef::new(b"big", &big, Some(5_000)),
+                EntryRef::new(b"mid", &mid, None),
+                EntryRef::new(b"gone", &mid, Some(999)),
+            ],
+        );
+        let mut store = Store::new(1);
+        let l = load(&dir, &mut store).unwrap().expect("loaded");
+        assert_eq!((l.lsn, l.entries, l.keys), (5, 4, 3), "the expired large value is not inserted");
+        let e = store.get(b"big", 1_000).unwrap();
+        assert!(e.shared_value().is_some(), "a large value is kept out of line");
+        assert_eq!(e.value(), &big[..]);
+        assert_eq!(e.expire_at_ms(), Some(5_000));
+        assert_eq!(store.get(b"mid", 1_000).unwrap().value(), &mid[..]);
+        assert_eq!(store.get(b"small", 1_000).unwrap().value(), b"v");
+        assert!(store.get(b"gone", 1_000).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A damaged large value in the newest file: set aside, the older one loaded.
+    #[test]
+    fn a_damaged_large_value_falls_back_to_the_previous_snapshot() {
+        let dir = temp_dir("large-damaged");
+        let old: Vec<u8> = vec![1; 2 << 20];
+        let new: Vec<u8> = vec![2; 2 << 20];
+        write_snapshot(&dir, 3, &[], &[EntryRef::new(b"big", &old, None)]);
+        let newest = write_snapshot(&dir, 4, &[], &[EntryRef::new(b"big", &new, None)]);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[format::HEADER_BYTES + format::LARGE_HEADER_BYTES + 3 + (1 << 20)] ^= 1;
+        std::fs::write(&newest, &bytes).unwrap();
+        let mut store = Store::new(1);
+        let l = load(&dir, &mut store).unwrap().expect("loaded");
+        assert_eq!((l.lsn, l.fallbacks), (3, 1));
+        assert_eq!(store.get(b"big", 1_000).unwrap().value(), &old[..]);
+        assert!(newest.with_extension("snap.corrupt").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `insert_entries` alone (the fuzz target's body, no `verify`) checks a large value's
+    /// checksum while copying it, and reports how many entries it had inserted.
+    #[test]
+    fn insert_checks_large_values_without_verify() {
+        let header = Header { shard_id: 0, shard_count: 1, lsn: 1, created_ms: 1, compression: Compression::None };
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&header, &mut out);
+        enc.chunk(&[EntryRef::new(b"a", b"1", None)], &mut out).unwrap();
+        enc.large(&EntryRef::new(b"b", &[5u8; 3000], None), &mut out).unwrap();
+        enc.finish(1, &mut out).unwrap();
+        let mut b = AlignedVec::<16>::new();
+        b.extend_from_slice(&out);
+        let at = format::frames(&b)
+            .find_map(|f| match f {
+                Ok(Frame::Large(l)) => Some(l.offset as usize),
+                _ => None,
+            })
+            .unwrap();
+        b[at + format::LARGE_HEADER_BYTES + 2000] ^= 0x40;
+        let mut store = Store::new(1);
+        let err = insert_entries(&b, &mut store, 0, &|_| true).err().map(|(c, n)| (c.reason, n));
+        assert_eq!(err, Some((format::Invalid::LargeChecksum, 1)));
+        assert!(store.get(b"b", 0).is_none(), "the damaged value was not inserted");
+    }
 }

@@ -27,7 +27,11 @@
 //! 1. Create `snap-<L>.tmp` (an older one with the same name, left by a crash, is replaced),
 //!    opened with O_DIRECT; the encoder's output is written in whole, aligned 1 MiB blocks
 //!    ([`file::SnapshotFile`]). Filesystems without O_DIRECT (tmpfs) get a buffered file, as the
-//!    log does.
+//!    log does. A large value (one the store keeps out of line, 1 MiB or more) is not put in a
+//!    chunk: the step hands it over as a reference to the entry's buffer, and it is streamed
+//!    after the step as a large-value frame, [`LARGE_PIECE_BYTES`] at a time through the write
+//!    buffer (`task::write_large`). So a snapshot holds the entries plus bounded buffers,
+//!    whatever the size of a value (docs/SNAPSHOT.md, "Memory bound").
 //! 2. After the footer: **fdatasync** the file.
 //! 3. With a log: wait until the log is durable up to L, so that the log always reaches at least
 //!    the newest snapshot's LSN (a snapshot must never hold writes the log lost).
@@ -47,9 +51,11 @@
 //!
 //! # Loading
 //! [`load::load_newest`] at recovery: stray `.tmp` files are removed; the `.snap` files are
-//! tried newest first. A file is read whole into an aligned buffer, verified (every checksum,
-//! the footer's counts) before anything is inserted, then each chunk is accessed with rkyv's
-//! checked access and its entries inserted straight into the store (expired ones dropped). A
+//! tried newest first. A file is mapped, verified (every checksum, the footer's counts) before
+//! anything is inserted, then each chunk is accessed with rkyv's checked access and its entries
+//! inserted straight into the store (expired ones dropped); a large value is copied once into
+//! its own buffer, which the entry adopts. Both passes give the mapped pages behind them back,
+//! so the peak memory is the entries plus bounded overhead (`load`'s module docs). A
 //! corrupt file is renamed `*.snap.corrupt` (never deleted) with a warning and the previous one
 //! is tried; the log then replays from the loaded snapshot's LSN + 1 (`wal::replay`).
 //!
@@ -76,6 +82,13 @@ pub const STEP_BUCKETS: usize = 1024;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Encoded bytes collected before a write to the file (a multiple of the 4096-byte block).
 pub const WRITE_BYTES: usize = 1 << 20;
+/// Bytes of a large value copied into the write buffer at a time: a large value is streamed
+/// from the entry's shared buffer, never encoded or compressed whole.
+pub const LARGE_PIECE_BYTES: usize = 256 * 1024;
+/// Capacity the write buffer keeps between steps: [`WRITE_BYTES`] plus the most one step or one
+/// piece adds before the next write (two chunks: a preserved batch and the walk's). A chunk with
+/// a long key can grow it beyond; it is shrunk back after the write.
+pub const WRITE_BUFFER_KEEP_BYTES: usize = WRITE_BYTES + 2 * CHUNK_BYTES;
 /// Preserved old versions above which every step writes all of them out before yielding.
 pub const PRESERVED_LIMIT_BYTES: usize = 64 << 20;
 

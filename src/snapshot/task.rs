@@ -6,13 +6,17 @@
 //! reflects the state at the time it was issued.
 
 use super::file::SnapshotFile;
-use super::format::{snapshot_file_name, temp_file_name, Compression, Encoder, Header};
-use super::{load, plan_compaction, plan_retention, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, STEP_BUCKETS, WRITE_BYTES};
+use super::format::{snapshot_file_name, temp_file_name, Compression, EncodeError, Encoder, EntryRef, Header};
+use super::{
+    load, plan_compaction, plan_retention, CHUNK_BYTES, LARGE_PIECE_BYTES, PRESERVED_LIMIT_BYTES, STEP_BUCKETS,
+    WRITE_BUFFER_KEEP_BYTES, WRITE_BYTES,
+};
 use crate::shard::LocalEvent;
 use crate::store::Store;
 use crate::wal::file::{io_err, sync_dir_async, FaultPlan, IoMode};
 use crate::wal::format::parse_segment_file_name;
 use crate::wal::ShardLog;
+use bytes::Bytes;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -299,8 +303,13 @@ async fn write_file(
         created_ms: crate::store::now_ms(),
         compression: cfg.compression,
     };
-    let mut buf = Vec::with_capacity(WRITE_BYTES + CHUNK_BYTES * 2);
+    let mut buf = Vec::with_capacity(WRITE_BUFFER_KEEP_BYTES);
     let mut enc = Encoder::new(&header, &mut buf);
+    // Large values a step handed over, held by reference (a clone of the entry's `Bytes`, not
+    // a copy) until they are streamed after the step: whatever commands do to the entry
+    // meanwhile, this is the version the snapshot needs.
+    let mut large: Vec<LargeValue> = Vec::new();
+    let encode_err = |e: EncodeError| SnapshotError::Encode { shard: cfg.shard_id, detail: e.to_string() };
     let result: Result<(), SnapshotError> = async {
         let mut served = commands_served.get();
         loop {
@@ -311,9 +320,12 @@ async fn write_file(
             let step = {
                 let mut s = store.borrow_mut();
                 let now = crate::store::now_ms();
-                s.snapshot_step(STEP_BUCKETS, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, now, |refs| enc.chunk(refs, &mut buf))
+                s.snapshot_step(STEP_BUCKETS, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, now, |refs| {
+                    let small = split_large(refs, &mut large);
+                    enc.chunk(&small, &mut buf)
+                })
             }
-            .map_err(|e| SnapshotError::Encode { shard: cfg.shard_id, detail: e.to_string() })?;
+            .map_err(encode_err)?;
             let took = began.elapsed();
             {
                 let mut st = ctl.stats.borrow_mut();
@@ -321,6 +333,13 @@ async fn write_file(
             }
             if buf.len() >= WRITE_BYTES || step.done {
                 file.write_blocks(&mut buf).await.map_err(io("write"))?;
+            }
+            for v in large.drain(..) {
+                write_large(cfg.shard_id, &mut enc, &mut buf, &mut file, &v).await?;
+            }
+            if buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+                // A chunk with a long key grew it: keep only the bound.
+                buf.shrink_to(WRITE_BUFFER_KEEP_BYTES);
             }
             if step.done {
                 return Ok(());
@@ -341,9 +360,56 @@ async fn write_file(
         return Err(e);
     }
     let entries = enc.entries();
-    enc.finish(lsn, &mut buf);
+    if let Err(e) = enc.finish(lsn, &mut buf) {
+        file.discard().await;
+        return Err(encode_err(e));
+    }
     let bytes = file.finish(buf).await.map_err(io("write and fdatasync"))?;
     Ok((entries, bytes))
+}
+
+/// A large value a walk step handed over, to be written after the step.
+struct LargeValue {
+    /// A copy of the key (keys are short; a long one costs its own size once).
+    key: Vec<u8>,
+    /// The entry's value buffer, shared.
+    value: Bytes,
+    expire_at_ms: Option<u64>,
+}
+
+/// Takes the entries with a shared (large) value out of `refs` into `large`; returns the others.
+fn split_large<'a>(refs: &[EntryRef<'a>], large: &mut Vec<LargeValue>) -> Vec<EntryRef<'a>> {
+    let mut small = Vec::with_capacity(refs.len());
+    for r in refs {
+        match r.shared {
+            Some(v) => large.push(LargeValue { key: r.key.to_vec(), value: v.clone(), expire_at_ms: r.expire_at_ms }),
+            None => small.push(*r),
+        }
+    }
+    small
+}
+
+/// Streams one large value into the file as a large-value frame: [`LARGE_PIECE_BYTES`] at a
+/// time through `buf`, which is written out whenever it holds [`WRITE_BYTES`], so the value
+/// never exists a second time in full. The shard serves commands during each write.
+async fn write_large(
+    shard: u32,
+    enc: &mut Encoder,
+    buf: &mut Vec<u8>,
+    file: &mut SnapshotFile,
+    v: &LargeValue,
+) -> Result<(), SnapshotError> {
+    let encode_err = |e: EncodeError| SnapshotError::Encode { shard, detail: e.to_string() };
+    let path = file.path().to_path_buf();
+    let write_err = |e: std::io::Error| SnapshotError::Io { op: "write", path: path.clone(), detail: e.to_string() };
+    enc.begin_large(v.key.len(), v.value.len(), v.expire_at_ms, buf).map_err(encode_err)?;
+    for piece in v.key.chunks(LARGE_PIECE_BYTES).chain(v.value.chunks(LARGE_PIECE_BYTES)) {
+        enc.large_body(piece, buf).map_err(encode_err)?;
+        if buf.len() >= WRITE_BYTES {
+            file.write_blocks(buf).await.map_err(write_err)?;
+        }
+    }
+    enc.end_large(buf).map_err(encode_err)
 }
 
 /// The pause after a step that took `took`: [`STEP_PAUSE`] on an idle shard, on a busy one long
@@ -407,5 +473,44 @@ mod tests {
         assert_eq!(pause_after(step, true), Duration::from_micros(900));
         // A step shorter than the minimal pause still pauses that long.
         assert_eq!(pause_after(Duration::from_micros(1), true), STEP_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod large_tests {
+    use super::*;
+    use crate::store::Entry;
+
+    /// The walk hands a large value over as a reference to the entry's own buffer, also when
+    /// the entry was replaced after the snapshot began (the preserved old version), and
+    /// `split_large` keeps that reference instead of copying.
+    #[test]
+    fn the_walk_hands_large_values_over_by_reference() {
+        let mut store = Store::new(1);
+        let old = crate::large::LargeBuf::copy_of(&vec![1u8; 2 << 20]).unwrap();
+        store.put(Entry::from_bytes(b"big", old.clone(), None), 0);
+        store.put(Entry::from_bytes(b"other", crate::large::LargeBuf::copy_of(&[2u8; 1 << 20]).unwrap(), None), 0);
+        store.set(b"small", b"v", None, 0);
+        assert!(store.begin_snapshot());
+        // Replaced before the walk reached it: the old version is preserved, shared.
+        store.put(Entry::from_bytes(b"big", bytes::Bytes::from(vec![3u8; 2 << 20]), None), 0);
+        let mut large = Vec::new();
+        let mut small = Vec::new();
+        loop {
+            let step = store
+                .snapshot_step(STEP_BUCKETS, CHUNK_BYTES, PRESERVED_LIMIT_BYTES, 0, |refs| {
+                    small.extend(split_large(refs, &mut large).iter().map(|r| r.key.to_vec()));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            if step.done {
+                break;
+            }
+        }
+        assert_eq!(small, vec![b"small".to_vec()]);
+        large.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(large.iter().map(|l| l.key.as_slice()).collect::<Vec<_>>(), [&b"big"[..], b"other"]);
+        assert_eq!(large[0].value.as_ptr(), old.as_ptr(), "the snapshot holds the old version, not a copy");
+        assert!(large[1].value.iter().all(|&b| b == 2));
     }
 }

@@ -574,11 +574,7 @@ impl Store {
             }
             let batch: Vec<Entry> = w.preserved.split_off(w.preserved.len() - taken);
             w.preserved_bytes -= batch.iter().map(Entry::alloc_bytes).sum::<usize>();
-            let refs: Vec<EntryRef<'_>> = batch
-                .iter()
-                .filter(|e| !e.is_expired(now_ms))
-                .map(|e| EntryRef { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() })
-                .collect();
+            let refs: Vec<EntryRef<'_>> = batch.iter().filter(|e| !e.is_expired(now_ms)).map(EntryRef::of).collect();
             encode(&refs)?;
             report.entries += refs.len();
             report.bytes += bytes;
@@ -617,11 +613,7 @@ impl Store {
             // SAFETY: each pointer was taken from a live entry of the table in this call, and
             // the table has not been touched since (`&mut self` is held, and only `scan_mut`
             // ran, which does not move or free entries). Entries never move while they live.
-            let refs: Vec<EntryRef<'_>> = found
-                .iter()
-                .map(|&p| unsafe { &*p })
-                .map(|e| EntryRef { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() })
-                .collect();
+            let refs: Vec<EntryRef<'_>> = found.iter().map(|&p| unsafe { &*p }).map(EntryRef::of).collect();
             encode(&refs)?;
             report.entries += refs.len();
             report.bytes += bytes;
