@@ -9,6 +9,7 @@
 use super::format::{self, parse_snapshot_file_name, Header};
 use crate::store::{Entry, Store};
 use crate::wal::file::sync_dir;
+use crate::wal::mapped::Mapped;
 use crate::wal::replay::RecoverError;
 use rkyv::util::AlignedVec;
 use std::path::{Path, PathBuf};
@@ -31,51 +32,6 @@ pub struct Loaded {
     pub fallbacks: u64,
     /// Time spent, in ms.
     pub ms: u64,
-}
-
-/// A read-only memory map of a whole file.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn open(path: &Path) -> std::io::Result<Mapped> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(path)?;
-        let len = usize::try_from(f.metadata()?.len()).map_err(std::io::Error::other)?;
-        if len == 0 {
-            return Ok(Mapped { ptr: std::ptr::null_mut(), len: 0 });
-        }
-        // SAFETY: mapping a file we opened read-only; the mapping is private and outlives the fd
-        // legitimately (mmap keeps its own reference). The data directory is locked, so no other
-        // ringcache truncates the file while it is mapped.
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just created.
-        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmapping what `open` mapped.
-            unsafe { libc::munmap(self.ptr, self.len) };
-        }
-    }
 }
 
 /// The snapshot files in `dir` as `(lsn, path)`, ascending. Missing directory: none.
