@@ -13,7 +13,7 @@
 //! | [`shard`] | a shard's state, the multi-shard gate; `shard::mesh`: the channels between shards; `shard::ops`: work run on behalf of other shards |
 //! | [`coord`] | multi-key commands whose keys span shards |
 //! | [`store`] | a shard's keyspace: the hash table and its entries; `store::evict`: eviction policies (`maxmemory`) |
-//! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`); `sim`: a simulated disk for power-loss tests |
+//! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`, `mapped`); `sim`: a simulated disk for power-loss tests |
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
 //! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |

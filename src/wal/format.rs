@@ -751,7 +751,9 @@ impl FlushBuf {
             .done();
         // Drop the padding of an earlier `finish`, if any.
         self.buf.truncate(self.inline_end());
-        self.buf.reserve(len - share.map_or(0, |b| b.len()));
+        // Room for the padding `finish` adds too: growing a buffer of a large record there
+        // would reallocate it, holding it twice for the copy.
+        self.buf.reserve(len - share.map_or(0, |b| b.len()) + BLOCK_SIZE);
         self.buf.extend_from_slice(&header);
         if let Some(t) = expire_at_ms {
             self.buf.extend_from_slice(&t.to_le_bytes());

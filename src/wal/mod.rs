@@ -48,6 +48,8 @@
 //! - [`file`]: the segment file (O_DIRECT + O_DSYNC, buffered fallback), directory fsync.
 //! - [`writer`]: the per-shard writer: group commit, rotation, durability modes, failures.
 //! - [`replay`]: the data directory layout and recovery at startup.
+//! - [`mapped`]: read-only maps of segment and snapshot files that recovery reads, releasing
+//!   pages behind it.
 //! - [`sim`]: a simulated disk that keeps written apart from synced, for the power-loss and
 //!   I/O-fault tests (`tests/power_loss.rs`); the real writer runs on it.
 

@@ -1144,3 +1144,16 @@ fn a_shared_value_of_several_chunks_is_written_and_recovered_in_both_io_modes() 
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn padding_a_large_copied_record_does_not_reallocate_the_buffer() {
+    // Growing a buffer that holds a large record reallocates and copies it: twice its size
+    // resident for a moment. `append` leaves room for the padding `finish` adds.
+    let mut fb = FlushBuf::new(1);
+    let value = vec![5u8; (20 << 20) + 1];
+    fb.append(&Record::Set { key: b"k", value: &value, expire_at_ms: None }).unwrap();
+    let before = fb.capacity_bytes();
+    let len = fb.finish(1, BLOCK_SIZE as u64).unwrap().len_bytes();
+    assert_eq!(len % BLOCK_SIZE, 0);
+    assert_eq!(fb.capacity_bytes(), before, "finish grew the buffer");
+}
