@@ -66,7 +66,7 @@ fn build_segment(flushes: usize, per_flush: usize, tail_blocks: usize) -> Vec<u8
             fb.append(&record).expect("fits");
         }
         let at = seg.len() as u64;
-        seg.extend_from_slice(fb.finish(SEGMENT_ID, at).expect("aligned"));
+        seg.extend_from_slice(&fb.finish(SEGMENT_ID, at).expect("aligned").to_vec());
     }
     seg.resize(seg.len() + tail_blocks * BLOCK_SIZE, 0);
     seg
@@ -101,7 +101,7 @@ fn encode(c: &mut Criterion) {
                 for _ in 0..per_flush {
                     fb.append(&record).expect("fits");
                 }
-                black_box(fb.finish(SEGMENT_ID, BLOCK_SIZE as u64).expect("aligned").len())
+                black_box(fb.finish(SEGMENT_ID, BLOCK_SIZE as u64).expect("aligned").len_bytes())
             })
         });
     }

@@ -336,7 +336,7 @@ fn wal_recipe(data: &[u8]) {
         }
         let offset = file.len() as u64;
         let Ok(blocks) = fb.finish(segment_id, offset) else { return };
-        file.extend_from_slice(blocks);
+        file.extend_from_slice(&blocks.to_vec());
         boundaries.push(written.len());
         if r.is_empty() {
             break;

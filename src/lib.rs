@@ -14,7 +14,7 @@
 //! | [`coord`] | multi-key commands whose keys span shards |
 //! | [`large`] | values of 1 MiB or more: page-mapped buffers that grow and are shared without copies |
 //! | [`store`] | a shard's keyspace: the hash table and its entries; `store::evict`: eviction policies (`maxmemory`) |
-//! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`); `sim`: a simulated disk for power-loss tests |
+//! | [`wal`] | the write-ahead log: record encoding, segment scanning, recovery decisions (pure: `format`, `scan`, `recovery`); segment files, group commit, replay at startup (I/O: `file`, `writer`, `replay`, `mapped`); `sim`: a simulated disk for power-loss tests |
 //! | [`snapshot`] | forkless point-in-time snapshots: file format (pure: `format`), DMA file, taking one on a running shard with retention and log compaction (`task`), loading at recovery (`load`) |
 //! | [`check`] | `ringcache check` and `ringcache repair`: the offline verifier and repairer of a data directory |
 //! | [`error`] | startup errors, each with the fix |

@@ -520,7 +520,8 @@ async fn recover(
         let mut cursor = 0;
         loop {
             cursor = store.scan(cursor, now, |e| {
-                wal.append(&Record::Set { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() });
+                let rec = Record::Set { key: e.key(), value: e.value(), expire_at_ms: e.expire_at_ms() };
+                wal.append_with(&rec, e.shared_value());
             });
             if wal.pending_bytes() >= config.wal_buffer_bytes.max(1 << 20) {
                 wal.flush_now().await.map_err(|e| format!("write rewritten log: {e}"))?;

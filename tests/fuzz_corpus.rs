@@ -121,7 +121,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             fb.append(r).expect("append");
         }
         let off = seg.len() as u64;
-        seg.extend_from_slice(fb.finish(0xfeed, off).expect("finish"));
+        seg.extend_from_slice(&fb.finish(0xfeed, off).expect("finish").to_vec());
     }
     seg.resize(seg.len() + 4096, 0);
     out.push(("wal_scan", "seed-segment", seg));

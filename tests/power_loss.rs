@@ -21,7 +21,7 @@ use glommio::LocalExecutorBuilder;
 use ringcache::shard::LocalEvent;
 use ringcache::wal::file::{probe_direct_io, IoMode};
 use ringcache::wal::replay::{replay_dir, RecoveryStats};
-use ringcache::wal::sim::{materialize, SimDisk, SimFault};
+use ringcache::wal::sim::{materialize, SimDisk, SimFault, SimOp};
 use ringcache::wal::{Durability, LogConfig, LogFault, Record, RecoveryMode, ShardLog};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -315,4 +315,85 @@ fn kth_io_operation_failing_once_never_acknowledges_without_durability() {
 #[test]
 fn kth_io_operation_failing_for_good_never_acknowledges_without_durability() {
     fault_sweep("from", SimFault::From);
+}
+
+/// A SET of a value larger than two write chunks (`WRITE_CHUNK_BYTES`), shared with the log as
+/// the store's `Bytes` (not copied), between small records. Its flush is written as three
+/// `O_DIRECT | O_DSYNC` chunks; a power loss after any operation, the last write torn or not,
+/// recovers exactly the records acknowledged before it (the big one only once its last chunk
+/// is durable) and nothing of a flush cut between or inside chunks.
+#[test]
+fn power_loss_inside_a_multi_chunk_flush_of_a_shared_value_recovers_the_prefix() {
+    use ringcache::wal::file::WRITE_CHUNK_BYTES;
+    let root = scratch("chunks");
+    let r2 = root.clone();
+    on_executor(move || async move {
+        let root = r2;
+        let disk = Rc::new(SimDisk::new());
+        let log = ShardLog::on_sim_disk(cfg(Path::new(SIM_DIR), IoMode::Direct), 1, disk.clone());
+        let stop = Rc::new(LocalEvent::default());
+        let flusher = glommio::spawn_local(log.clone().run_flusher(stop.clone()));
+        let value: bytes::Bytes =
+            (0..2 * WRITE_CHUNK_BYTES + 9000).map(|i| (i / 511) as u8 ^ i as u8).collect::<Vec<u8>>().into();
+        let recs = [
+            Rec::Set(b"a".to_vec(), vec![1; 300], None),
+            Rec::Del(b"b".to_vec()),
+            Rec::Set(b"big".to_vec(), value.to_vec(), Some(4_000_000_000_000)),
+            Rec::Set(b"c".to_vec(), vec![2; 5000], None),
+        ];
+        let mut run = Run::default();
+        for r in &recs {
+            let shared = matches!(r, Rec::Set(k, ..) if k == b"big").then_some(&value);
+            let lsn = log.append_with(&r.record(), shared);
+            run.issued.push((lsn, r.clone(), disk.op_count()));
+            log.wait_durable(lsn).await.unwrap();
+            run.acked.push((lsn, disk.op_count()));
+        }
+        stop.set();
+        flusher.await;
+        let ops = disk.ops();
+        // The big flush's chunks: the data writes (not a segment header at offset 0) between
+        // its append and its acknowledgement. `n` is the operation count just after the write.
+        let (appended_at, acked_at) = (run.issued[2].2, run.acked[2].1);
+        let big_writes: Vec<usize> = (appended_at + 1..=acked_at)
+            .filter(|&n| matches!(&ops[n - 1], SimOp::Write { pos, .. } if *pos > 0))
+            .collect();
+        assert_eq!(big_writes.len(), 3, "the big flush must be written as three chunks");
+        let (big_lsn, big_acked_at) = run.acked[2];
+        assert_eq!(big_lsn, 3);
+        assert!(big_acked_at > *big_writes.last().unwrap(), "acknowledged before the last chunk was durable");
+        let (mut images, mut torn_tails) = (0, 0);
+        for n in 0..=ops.len() {
+            let sectors = disk.write_sectors_before(n).unwrap_or(0);
+            let mut tears = vec![0];
+            if big_writes.contains(&n) {
+                tears.extend([1, sectors / 2, sectors - 1]);
+            }
+            for t in tears {
+                let what = format!("power loss after op {n} of {} (torn after {t} sectors)", ops.len());
+                let dir = root.join(format!("p{n}-{t}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                materialize(&disk.crash_image(n, t), Path::new(SIM_DIR), &dir).unwrap();
+                let (got, next, stats) = recover(&dir).unwrap_or_else(|e| panic!("{what}: refused: {e}"));
+                assert_eq!(stats.corrupt_segments, 0, "{what}");
+                check_recovered(&what, &run, &got, next, n, n);
+                if n >= big_writes[0] && n <= *big_writes.last().unwrap() {
+                    // Inside the big flush (its last chunk not yet synced): nothing of it, and
+                    // whatever part of it reached the disk is truncated as a torn tail.
+                    assert_eq!(got.len(), 2, "{what}: a partly written flush was applied");
+                    let nothing_on_disk = n == big_writes[0] && t == 0;
+                    assert_eq!(stats.torn_tails, u64::from(!nothing_on_disk), "{what}: the partial flush is torn");
+                }
+                torn_tails += stats.torn_tails;
+                if t > 0 && n == big_writes[1] {
+                    reopen_and_append(&what, &dir, &got, next, IoMode::Buffered).await;
+                }
+                std::fs::remove_dir_all(&dir).unwrap();
+                images += 1;
+            }
+        }
+        eprintln!("multi-chunk flush: {} disk operations, {images} crash images, {torn_tails} torn tails", ops.len());
+        assert!(torn_tails >= 6);
+    });
+    let _ = std::fs::remove_dir_all(&root);
 }

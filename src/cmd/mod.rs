@@ -75,8 +75,14 @@ impl Exec<'_> {
     }
 
     fn log(&mut self, rec: Record<'_>) {
+        self.log_with(rec, None);
+    }
+
+    /// Logs `rec`; `shared_value` is the value's buffer when it is a large one, which the log
+    /// then refers to until the flush is durable instead of copying it.
+    fn log_with(&mut self, rec: Record<'_>, shared_value: Option<&Bytes>) {
         if let Some(w) = self.wal {
-            let lsn = w.append(&rec);
+            let lsn = w.append_with(&rec, shared_value);
             self.observed_lsn = self.observed_lsn.max(lsn);
         }
     }
@@ -145,7 +151,8 @@ impl Exec<'_> {
             return;
         }
         self.make_room(entry.key(), entry.held_bytes());
-        self.log(Record::Set { key: entry.key(), value: entry.value(), expire_at_ms: entry.expire_at_ms() });
+        let rec = Record::Set { key: entry.key(), value: entry.value(), expire_at_ms: entry.expire_at_ms() };
+        self.log_with(rec, entry.shared_value());
         self.store.put(entry, self.now_ms);
     }
 

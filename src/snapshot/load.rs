@@ -23,6 +23,7 @@
 use super::format::{self, parse_snapshot_file_name, Frame, Header};
 use crate::store::{Entry, Store};
 use crate::wal::file::sync_dir;
+use crate::wal::mapped::Mapped;
 use crate::wal::replay::RecoverError;
 use rkyv::util::AlignedVec;
 use std::path::{Path, PathBuf};
@@ -47,51 +48,6 @@ pub struct Loaded {
     pub ms: u64,
 }
 
-/// A read-only memory map of a whole file.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn open(path: &Path) -> std::io::Result<Mapped> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(path)?;
-        let len = usize::try_from(f.metadata()?.len()).map_err(std::io::Error::other)?;
-        if len == 0 {
-            return Ok(Mapped { ptr: std::ptr::null_mut(), len: 0 });
-        }
-        // SAFETY: mapping a file we opened read-only; the mapping is private and outlives the fd
-        // legitimately (mmap keeps its own reference). The data directory is locked, so no other
-        // ringcache truncates the file while it is mapped.
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: advice on the mapping just created.
-        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmapping what `open` mapped.
-            unsafe { libc::munmap(self.ptr, self.len) };
-        }
-    }
-}
-
 /// File bytes a load reads through a mapping before it gives the pages behind it back.
 pub const LOAD_RELEASE_BYTES: usize = 8 << 20;
 
@@ -100,21 +56,19 @@ pub const LOAD_RELEASE_BYTES: usize = 8 << 20;
 pub const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 
 /// Gives back the pages of a mapped snapshot that a pass has read, so that they stop counting
-/// in the process's resident memory. Only ever built over a [`Mapped`] file: dropping pages of
-/// a private, read-only file mapping loses nothing (a later read faults them back in from the
-/// file, which the locked data directory keeps unchanged), whereas on heap memory it would
-/// zero the bytes.
-struct Releaser {
-    base: *mut u8,
+/// in the process's resident memory ([`Mapped::release`]: dropping pages of a private,
+/// read-only file mapping loses nothing, a later read faults them back in from the file, which
+/// the locked data directory keeps unchanged).
+struct Releaser<'m> {
+    map: &'m Mapped,
     len: usize,
     /// Everything before this offset (a page boundary) was given back.
     done: usize,
 }
 
-impl Releaser {
-    fn over(m: &Mapped) -> Releaser {
-        let b = m.bytes();
-        Releaser { base: b.as_ptr().cast_mut(), len: b.len(), done: 0 }
+impl<'m> Releaser<'m> {
+    fn over(map: &'m Mapped) -> Releaser<'m> {
+        Releaser { map, len: map.bytes().len(), done: 0 }
     }
 
     /// The pass will not read before `offset` again.
@@ -123,10 +77,7 @@ impl Releaser {
         if end < self.done + LOAD_RELEASE_BYTES && !(offset >= self.len && end > self.done) {
             return;
         }
-        // SAFETY: `done..end` is a page-aligned range inside the mapping (`base` is the start
-        // of the mapping, page-aligned by mmap); see the type's docs for why the bytes any
-        // `&[u8]` into it refers to stay the same.
-        unsafe { libc::madvise(self.base.add(self.done).cast(), end - self.done, libc::MADV_DONTNEED) };
+        self.map.release(self.done, end);
         self.done = end;
     }
 

@@ -5,8 +5,17 @@
 //! # Direct I/O
 //! Segments are opened with `O_DIRECT | O_DSYNC`: every write goes from an aligned buffer
 //! straight to the device and returns only once the data (and the metadata needed to read it
-//! back) is durable. One write per flush is therefore also the flush's sync: there is no
+//! back) is durable. One write per chunk is therefore also that chunk's sync: there is no
 //! separate `fdatasync`.
+//!
+//! # Chunks and the staging buffer
+//! A flush is written through one aligned staging buffer of at most [`WRITE_CHUNK_BYTES`]
+//! (8 MiB), in chunks of that size, in order ([`LogFile::write_flush_durable`]). The log thus
+//! never holds a second copy of a whole flush: a 512 MiB value costs 8 MiB of staging, not
+//! 512 MiB. Almost every flush fits in one chunk and is one write, as before. A flush of
+//! several chunks is durable only when its last chunk is; a crash between chunks leaves a
+//! flush whose first chunks are on disk and the rest is not, which the scan cannot tell from a
+//! torn single write and drops the same way (it was never acknowledged).
 //!
 //! # Why the write blocks a helper thread instead of going through io_uring
 //! The write is a plain `pwrite` on glommio's blocking thread of this shard
@@ -29,6 +38,7 @@
 //! durable. On a running shard it goes through [`sync_dir_async`], on the blocking thread;
 //! startup and recovery call it directly.
 
+use super::format::Sealed;
 use glommio::io::{BufferedFile, OpenOptions};
 use std::alloc::Layout;
 use std::io;
@@ -39,6 +49,11 @@ use std::sync::Arc;
 
 /// Alignment of direct-I/O buffers, offsets and lengths.
 const DIRECT_ALIGN: usize = 4096;
+
+/// Largest single write of the log, and the size of the staging buffer a flush is copied
+/// through (see the module docs). A multiple of the block size.
+pub const WRITE_CHUNK_BYTES: usize = 8 << 20;
+const _: () = assert!(WRITE_CHUNK_BYTES % DIRECT_ALIGN == 0 && WRITE_CHUNK_BYTES > 0);
 
 /// How a segment file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +77,8 @@ pub enum LogFile {
 
 /// Injected failures, for tests of the failure paths through the real binary. Read once from
 /// the environment variable `RINGCACHE_TEST_FAULTS` (never set it in production):
-/// - `eio_at=N`: the N-th durable write (counting from 1, per shard) and every later one fail
+/// - `eio_at=N`: the N-th durable write (a write chunk: a flush larger than
+///   [`WRITE_CHUNK_BYTES`] makes several; counting from 1, per shard) and every later one fail
 ///   with EIO, as a failed fsync would (the log must then never acknowledge again);
 /// - `enospc_while=PATH`: durable writes fail with ENOSPC while the file PATH exists;
 /// - `snap_enospc_while=PATH`: snapshot file writes fail with ENOSPC while PATH exists;
@@ -176,34 +192,70 @@ impl LogFile {
         LogFile::Faulty(Box::new(self), plan)
     }
 
-    /// Writes `data` (a multiple of the block size, for direct I/O) at `pos` and makes it
-    /// durable before returning.
+    /// Writes `data` (a multiple of the block size, for direct I/O; at most
+    /// [`WRITE_CHUNK_BYTES`]) at `pos` and makes it durable before returning. Used for the
+    /// segment header block.
     pub async fn write_durable(&self, data: &[u8], pos: u64) -> io::Result<()> {
+        let buf = AlignedBuf::copy_of(data)?;
+        self.write_chunk(buf, data.len(), pos, true).await.map(drop)
+    }
+
+    /// Writes a sealed flush at `pos` and makes it durable before returning, in chunks of at
+    /// most [`WRITE_CHUNK_BYTES`] through one aligned staging buffer (module docs). Direct:
+    /// each chunk is an `O_DSYNC` write. Buffered: the chunks are written, then one
+    /// `fdatasync`. On error, any prefix of the chunks may be on disk (a torn flush).
+    pub async fn write_flush_durable(&self, flush: &Sealed<'_>, pos: u64) -> io::Result<()> {
+        let total = flush.len_bytes();
+        if total == 0 {
+            return Ok(());
+        }
+        let mut staging = AlignedBuf::zeroed(total.min(WRITE_CHUNK_BYTES))?;
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(WRITE_CHUNK_BYTES);
+            let dst =
+                staging.as_mut_slice().get_mut(..n).ok_or_else(|| io::Error::other("staging buffer too small"))?;
+            if flush.copy_to(done, dst) != n {
+                return Err(io::Error::other("sealed flush shorter than its length"));
+            }
+            staging = self.write_chunk(staging, n, pos + done as u64, done + n == total).await?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes the first `len` bytes of `buf` at `pos`; makes them durable now (Direct, Sim:
+    /// every chunk) or when `sync` (Buffered: only after the last chunk). Hands the buffer
+    /// back for the next chunk.
+    async fn write_chunk(&self, buf: AlignedBuf, len: usize, pos: u64, sync: bool) -> io::Result<AlignedBuf> {
+        let data = buf.as_slice().get(..len).ok_or_else(|| io::Error::other("chunk longer than its buffer"))?;
         match self {
             LogFile::Faulty(inner, plan) => {
                 plan.check()?;
-                Box::pin(inner.write_durable(data, pos)).await
+                Box::pin(inner.write_chunk(buf, len, pos, sync)).await
             }
-            LogFile::Sim(disk, f) => disk.write_durable(f, data, pos),
+            // The simulated O_DIRECT | O_DSYNC write: write, then fdatasync, per chunk.
+            LogFile::Sim(disk, f) => disk.write_durable(f, data, pos).map(|()| buf),
             LogFile::Direct(f) => {
-                let buf = AlignedBuf::copy_of(data)?;
                 let f = f.clone();
-                glommio::executor()
+                let (buf, r) = glommio::executor()
                     .spawn_blocking(move || {
                         // O_DSYNC: durable when write_all_at returns (a short write continues).
-                        f.write_all_at(buf.as_slice(), pos)
+                        let r = buf.as_slice().get(..len).map_or(Ok(()), |d| f.write_all_at(d, pos));
+                        (buf, r)
                     })
-                    .await
+                    .await;
+                r.map(|()| buf)
             }
             LogFile::Buffered(f) => {
                 let n = f.write_at(data.to_vec(), pos).await.map_err(io_err)?;
-                if n != data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("short write: {n} of {}", data.len()),
-                    ));
+                if n != len {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {len}")));
                 }
-                f.fdatasync().await.map_err(io_err)
+                if sync {
+                    f.fdatasync().await.map_err(io_err)?;
+                }
+                Ok(buf)
             }
         }
     }
@@ -260,27 +312,50 @@ pub(crate) struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
-    /// An aligned copy of `data` (whose length the caller made a multiple of the block size).
-    pub(crate) fn copy_of(data: &[u8]) -> io::Result<AlignedBuf> {
-        let layout = Layout::from_size_align(data.len().max(DIRECT_ALIGN), DIRECT_ALIGN)
+    fn alloc(len: usize, zeroed: bool) -> io::Result<AlignedBuf> {
+        let layout = Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })
+        let raw = unsafe {
+            if zeroed {
+                std::alloc::alloc_zeroed(layout)
+            } else {
+                std::alloc::alloc(layout)
+            }
+        };
+        let ptr = NonNull::new(raw)
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate a direct-I/O buffer"))?;
-        // SAFETY: `ptr` holds at least `data.len()` bytes and does not overlap `data`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
-        Ok(AlignedBuf { ptr, len: data.len(), layout })
+        Ok(AlignedBuf { ptr, len, layout })
+    }
+
+    /// `len` zero bytes, aligned.
+    pub(crate) fn zeroed(len: usize) -> io::Result<AlignedBuf> {
+        AlignedBuf::alloc(len, true)
+    }
+
+    /// An aligned copy of `data` (whose length the caller made a multiple of the block size).
+    pub(crate) fn copy_of(data: &[u8]) -> io::Result<AlignedBuf> {
+        let buf = AlignedBuf::alloc(data.len(), false)?;
+        // SAFETY: `ptr` holds at least `data.len()` bytes and does not overlap `data`; after
+        // the copy all `len` bytes are initialised.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr.as_ptr(), data.len()) };
+        Ok(buf)
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: `len` bytes were initialised by `copy_of`.
+        // SAFETY: `len` bytes were initialised by `zeroed` or `copy_of`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`; `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `copy_of` with this layout.
+        // SAFETY: allocated in `alloc` with this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }

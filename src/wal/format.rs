@@ -496,16 +496,26 @@ pub enum Invalid {
     Padding,
 }
 
+/// How often a scan reports its progress ([`Progress`]): at least once per this many bytes
+/// read, inside a large record too.
+pub const SCAN_PROGRESS_BYTES: usize = 1 << 20;
+
+/// Called by a scan with an offset it has read everything before. The pure scan ignores what
+/// the caller does with it; recovery drops those pages of its read-only mapping from memory,
+/// so that a huge segment is never resident as a whole (`replay`).
+pub type Progress<'p> = &'p mut dyn FnMut(usize);
+
 /// Parses the record at `at`, which must end by `end` (the flush's declared end of records).
-/// Verifies the checksum when `seed` is given (the scan's first pass; the record iterator
-/// re-reads already verified bytes without it). Returns the record and its length.
-pub(crate) fn parse_record(
-    bytes: &[u8],
+/// Verifies the checksum when `seed` is given (the scan's first pass, which reports its
+/// progress through a large record to `progress`; the record iterator re-reads already
+/// verified bytes without it). Returns the record and its length.
+pub(crate) fn parse_record<'a>(
+    bytes: &'a [u8],
     at: usize,
     end: usize,
-    seed: Option<u32>,
+    seed: Option<(u32, Progress<'_>)>,
     lsn: u64,
-) -> Result<(Record<'_>, usize), Invalid> {
+) -> Result<(Record<'a>, usize), Invalid> {
     if at.checked_add(RECORD_HEADER_BYTES).is_none_or(|e| e > end) {
         return Err(Invalid::RecordCount);
     }
@@ -519,9 +529,18 @@ pub(crate) fn parse_record(
         return Err(Invalid::RecordLength);
     }
     let rec = bytes.get(at..at + len).ok_or(Invalid::Truncated)?;
-    if let Some(seed) = seed {
+    if let Some((seed, progress)) = seed {
         let body = rec.get(4..).ok_or(Invalid::RecordLength)?;
-        if frame_crc(seed, body) != field(0)? {
+        let mut crc = crc32fast::Hasher::new_with_initial(seed);
+        let mut read = at + 4;
+        for piece in body.chunks(SCAN_PROGRESS_BYTES) {
+            crc.update(piece);
+            read += piece.len();
+            if piece.len() == SCAN_PROGRESS_BYTES {
+                progress(read);
+            }
+        }
+        if crc.finalize() != field(0)? {
             return Err(Invalid::RecordChecksum);
         }
     }
@@ -564,17 +583,39 @@ fn decode_body<'a>(h: &[u8; RECORD_HEADER_BYTES], body: &'a [u8]) -> Option<Reco
 /// shard appends to a second `FlushBuf` started at this one's [`next_lsn`](Self::next_lsn).
 ///
 /// Appending copies key and value into the buffer and allocates nothing else; the buffer keeps
-/// its capacity across [`reset`](Self::reset). Checksums are computed in `finish`, because they
-/// are seeded with the id of the segment the flush lands in, which the writer may only decide
-/// (segment full, roll over) when it writes.
+/// its capacity across [`reset`](Self::reset) (the writer bounds what it keeps with
+/// [`shrink_to`](Self::shrink_to)). A large value the store already holds as a refcounted
+/// [`bytes::Bytes`] can be *shared* instead ([`append_with`](Self::append_with)): the buffer
+/// keeps a clone of the handle, not a copy of the bytes. The flush is then a sequence of inline
+/// runs and shared pieces ([`Sealed`]); the bytes it stands for are exactly those of the same
+/// records appended by copy, so sharing changes nothing on disk.
+///
+/// Checksums are computed in `finish`, because they are seeded with the id of the segment the
+/// flush lands in, which the writer may only decide (segment full, roll over) when it writes.
 #[derive(Debug, Clone)]
 pub struct FlushBuf {
-    /// `[flush header placeholder][records][padding, after finish]`.
+    /// Inline bytes: `[flush header placeholder][records, minus shared values][padding, after
+    /// finish]`.
     buf: Vec<u8>,
+    /// Shared values, in order; each goes into the flush just before inline position
+    /// `at_inline`, which is the end of its record's inline part (a SET's value is the last
+    /// field of its record).
+    shared: Vec<SharedPiece>,
+    /// Sum of the lengths of `shared`.
+    shared_bytes: usize,
+    /// Record bytes as they will be on disk (inline and shared).
     records_len: usize,
     record_count: u32,
     first_lsn: u64,
     next_lsn: u64,
+}
+
+/// A value held by reference in a [`FlushBuf`].
+#[derive(Debug, Clone)]
+struct SharedPiece {
+    /// Position in the inline bytes before which the value goes.
+    at_inline: usize,
+    bytes: bytes::Bytes,
 }
 
 impl FlushBuf {
@@ -587,17 +628,43 @@ impl FlushBuf {
     pub fn with_capacity(first_lsn: u64, bytes: usize) -> FlushBuf {
         let mut buf = Vec::with_capacity(bytes.max(FLUSH_HEADER_BYTES));
         buf.resize(FLUSH_HEADER_BYTES, 0);
-        FlushBuf { buf, records_len: 0, record_count: 0, first_lsn, next_lsn: first_lsn }
+        FlushBuf {
+            buf,
+            shared: Vec::new(),
+            shared_bytes: 0,
+            records_len: 0,
+            record_count: 0,
+            first_lsn,
+            next_lsn: first_lsn,
+        }
     }
 
-    /// Empties the buffer (keeping its capacity) for a flush starting at `first_lsn`.
+    /// Empties the buffer (keeping its capacity, dropping its shared values) for a flush
+    /// starting at `first_lsn`.
     pub fn reset(&mut self, first_lsn: u64) {
         self.buf.clear();
         self.buf.resize(FLUSH_HEADER_BYTES, 0);
+        self.shared.clear();
+        self.shared_bytes = 0;
         self.records_len = 0;
         self.record_count = 0;
         self.first_lsn = first_lsn;
         self.next_lsn = first_lsn;
+    }
+
+    /// Gives back capacity beyond `bytes` (counting the inline buffer and the list of shared
+    /// pieces), keeping what the current contents need.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        self.buf.shrink_to(bytes);
+        let left = bytes.saturating_sub(self.buf.capacity());
+        self.shared.shrink_to(left / std::mem::size_of::<SharedPiece>());
+    }
+
+    /// Heap bytes this buffer holds for itself: the inline buffer's and the piece list's
+    /// capacity. Shared values are not counted: they belong to the store, the buffer only
+    /// holds a reference.
+    pub fn capacity_bytes(&self) -> usize {
+        self.buf.capacity() + self.shared.capacity() * std::mem::size_of::<SharedPiece>()
     }
 
     /// LSN of the first record of this flush.
@@ -620,10 +687,20 @@ impl FlushBuf {
         self.record_count == 0
     }
 
-    /// Bytes of records appended so far. The next record starts at
+    /// Bytes of records appended so far (shared values included). The next record starts at
     /// `flush offset + FLUSH_HEADER_BYTES + records_bytes()`.
     pub fn records_bytes(&self) -> usize {
         self.records_len
+    }
+
+    /// Bytes of shared values (held by reference, not copied) among [`records_bytes`](Self::records_bytes).
+    pub fn shared_bytes(&self) -> usize {
+        self.shared_bytes
+    }
+
+    /// End of the inline record bytes (before any padding).
+    fn inline_end(&self) -> usize {
+        FLUSH_HEADER_BYTES + self.records_len - self.shared_bytes
     }
 
     /// Bytes `finish` will return: the flush header and records rounded up to whole blocks
@@ -636,8 +713,20 @@ impl FlushBuf {
         (FLUSH_HEADER_BYTES + self.records_len).next_multiple_of(BLOCK_SIZE)
     }
 
-    /// Appends `record` and returns its LSN.
+    /// Appends `record` (copying it) and returns its LSN.
     pub fn append(&mut self, record: &Record<'_>) -> Result<u64, EncodeError> {
+        self.append_with(record, None)
+    }
+
+    /// Appends `record` and returns its LSN. `shared_value`, if given, holds exactly the bytes
+    /// of the record's value (a SET's): the buffer keeps a clone of that handle (a refcount,
+    /// no copy) instead of copying the value. A handle that cannot be that value (another
+    /// length, an empty value, or a record without a value) is ignored and the value copied.
+    pub fn append_with(
+        &mut self,
+        record: &Record<'_>,
+        shared_value: Option<&bytes::Bytes>,
+    ) -> Result<u64, EncodeError> {
         let (key, value, expire_at_ms) = record.parts();
         let len = encoded_len(key.len(), value.len(), expire_at_ms.is_some())?;
         let full = EncodeError::FlushFull { records_bytes: self.records_len, records: self.record_count };
@@ -647,6 +736,11 @@ impl FlushBuf {
         let lsn = self.next_lsn;
         let next_lsn = lsn.checked_add(1).ok_or(EncodeError::LsnOverflow)?;
         let flags = if expire_at_ms.is_some() { FLAG_EXPIRE_AT } else { 0 };
+        let share = shared_value.filter(|b| {
+            let fits = matches!(record, Record::Set { .. }) && !value.is_empty() && b.len() == value.len();
+            debug_assert!(fits, "shared value does not match the record's value");
+            fits
+        });
         // Lengths are within the u32 range: checked by `encoded_len` and the constants above.
         let header: [u8; RECORD_HEADER_BYTES] = Fields::new()
             .put(&0u32.to_le_bytes()) // checksum, filled in by `finish`
@@ -656,14 +750,22 @@ impl FlushBuf {
             .put(&(key.len() as u32).to_le_bytes())
             .done();
         // Drop the padding of an earlier `finish`, if any.
-        self.buf.truncate(FLUSH_HEADER_BYTES + self.records_len);
-        self.buf.reserve(len);
+        self.buf.truncate(self.inline_end());
+        // Room for the padding `finish` adds too: growing a buffer of a large record there
+        // would reallocate it, holding it twice for the copy.
+        self.buf.reserve(len - share.map_or(0, |b| b.len()) + BLOCK_SIZE);
         self.buf.extend_from_slice(&header);
         if let Some(t) = expire_at_ms {
             self.buf.extend_from_slice(&t.to_le_bytes());
         }
         self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(value);
+        match share {
+            Some(b) => {
+                self.shared.push(SharedPiece { at_inline: self.buf.len(), bytes: b.clone() });
+                self.shared_bytes += b.len();
+            }
+            None => self.buf.extend_from_slice(value),
+        }
         self.records_len += len;
         self.record_count += 1;
         self.next_lsn = next_lsn;
@@ -672,17 +774,22 @@ impl FlushBuf {
 
     /// Appends every record of `later`, a flush started at this one's [`next_lsn`](Self::next_lsn)
     /// (records appended while this flush was being written and failed with ENOSPC), so that a
-    /// retry writes them all in LSN order. A `later` that does not continue this flush is
-    /// ignored.
+    /// retry writes them all in LSN order. Shared values stay shared. A `later` that does not
+    /// continue this flush is ignored.
     pub fn absorb(&mut self, later: &FlushBuf) {
         if later.first_lsn != self.next_lsn {
             return;
         }
-        let Some(records) = later.buf.get(FLUSH_HEADER_BYTES..FLUSH_HEADER_BYTES + later.records_len) else {
+        let Some(records) = later.buf.get(FLUSH_HEADER_BYTES..later.inline_end()) else {
             return;
         };
-        self.buf.truncate(FLUSH_HEADER_BYTES + self.records_len);
+        self.buf.truncate(self.inline_end());
+        // Inline position `p` of `later` lands at `base + p` here.
+        let base = self.buf.len() - FLUSH_HEADER_BYTES;
         self.buf.extend_from_slice(records);
+        self.shared
+            .extend(later.shared.iter().map(|s| SharedPiece { at_inline: base + s.at_inline, bytes: s.bytes.clone() }));
+        self.shared_bytes += later.shared_bytes;
         self.records_len += later.records_len;
         self.record_count += later.record_count;
         self.next_lsn = later.next_lsn;
@@ -691,11 +798,11 @@ impl FlushBuf {
     /// Seals the flush for the segment with id `segment_id` at file offset `offset` (a block
     /// boundary after the segment header): fills in the record checksums and the flush header,
     /// zero-pads to a whole number of blocks, and returns the bytes to write at `offset`.
-    /// Returns an empty slice when there is nothing to write.
+    /// Returns an empty flush when there is nothing to write.
     ///
     /// May be called again (after a failed write, or for another segment or offset); it reseals
     /// from scratch. Appending after `finish` continues the same flush.
-    pub fn finish(&mut self, segment_id: u64, offset: u64) -> Result<&[u8], EncodeError> {
+    pub fn finish(&mut self, segment_id: u64, offset: u64) -> Result<Sealed<'_>, EncodeError> {
         let aligned = offset % BLOCK_SIZE as u64 == 0 && offset >= SEGMENT_HEADER_BYTES as u64;
         if !aligned {
             return Err(EncodeError::BadOffset { offset });
@@ -704,28 +811,38 @@ impl FlushBuf {
             return Err(EncodeError::BadHeader);
         }
         if self.is_empty() {
-            return Ok(&[]);
+            return Ok(Sealed { inline: &[], shared: &[], len: 0 });
         }
         let seed = checksum_seed(segment_id);
-        let end = FLUSH_HEADER_BYTES + self.records_len;
+        let end = self.inline_end();
         self.buf.truncate(end);
-        // Walk our own records by their length fields and fill in each checksum.
+        // Walk our own records by their length fields and fill in each checksum; a record whose
+        // value is shared is hashed as its inline part followed by the value.
         let mut at = FLUSH_HEADER_BYTES;
+        let mut pieces = self.shared.iter().peekable();
         while at < end {
             let len = u32_at(&self.buf, at + 4).map_or(0, |l| l as usize);
             if len < RECORD_HEADER_BYTES {
                 break;
             }
-            let Some(body) = self.buf.get(at + 4..at + len) else {
+            let piece = pieces.next_if(|p| p.at_inline > at && p.at_inline - at + p.bytes.len() == len);
+            let inline_len = len - piece.map_or(0, |p| p.bytes.len());
+            let Some(body) = self.buf.get(at + 4..at + inline_len) else {
                 break;
             };
-            let crc = frame_crc(seed, body);
+            let mut h = crc32fast::Hasher::new_with_initial(seed);
+            h.update(body);
+            if let Some(p) = piece {
+                h.update(&p.bytes);
+            }
+            let crc = h.finalize();
             if let Some(slot) = self.buf.get_mut(at..at + 4) {
                 slot.copy_from_slice(&crc.to_le_bytes());
             }
-            at += len;
+            at += inline_len;
         }
         debug_assert_eq!(at, end, "record lengths do not add up");
+        debug_assert!(pieces.next().is_none(), "a shared value outside its record");
         let header = FlushHeader {
             first_lsn: self.first_lsn,
             records_len: self.records_len as u32,
@@ -735,7 +852,111 @@ impl FlushBuf {
         if let Some(slot) = self.buf.get_mut(..FLUSH_HEADER_BYTES) {
             slot.copy_from_slice(&header);
         }
-        self.buf.resize(self.padded_len_bytes(), 0);
-        Ok(&self.buf)
+        let len = self.padded_len_bytes();
+        self.buf.resize(len - self.shared_bytes, 0);
+        Ok(Sealed { inline: &self.buf, shared: &self.shared, len })
+    }
+}
+
+/// A sealed flush, ready to write: whole blocks, as inline runs with shared values between
+/// them. [`parts`](Self::parts) yields its bytes in order; [`copy_to`](Self::copy_to) copies any
+/// range of them (the writer's bounded staging).
+#[derive(Debug, Clone, Copy)]
+pub struct Sealed<'a> {
+    inline: &'a [u8],
+    shared: &'a [SharedPiece],
+    len: usize,
+}
+
+impl<'a> Sealed<'a> {
+    /// Bytes of the flush (a multiple of [`BLOCK_SIZE`]; 0 when there is nothing to write).
+    pub fn len_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The flush as one slice, when it holds no shared value.
+    pub fn as_contiguous(&self) -> Option<&'a [u8]> {
+        self.shared.is_empty().then_some(self.inline)
+    }
+
+    /// The flush's bytes as consecutive slices, in order (none empty).
+    pub fn parts(&self) -> Parts<'a> {
+        Parts { inline: self.inline, shared: self.shared.iter(), from: 0, piece: None }
+    }
+
+    /// Copies the flush's bytes `from..from + dst.len()` (cut at the end of the flush) into
+    /// `dst`; returns how many were copied.
+    pub fn copy_to(&self, from: usize, dst: &mut [u8]) -> usize {
+        let mut part_start = 0;
+        let mut copied = 0;
+        for part in self.parts() {
+            let part_end = part_start + part.len();
+            let want = from + copied;
+            if copied < dst.len() && want < part_end {
+                let src = part.get(want - part_start..).unwrap_or(&[]);
+                let n = src.len().min(dst.len() - copied);
+                if let (Some(d), Some(s)) = (dst.get_mut(copied..copied + n), src.get(..n)) {
+                    d.copy_from_slice(s);
+                }
+                copied += n;
+            }
+            if copied == dst.len() {
+                break;
+            }
+            part_start = part_end;
+        }
+        copied
+    }
+
+    /// The flush as one owned buffer (tests and tools; the writer never makes one).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for part in self.parts() {
+            v.extend_from_slice(part);
+        }
+        v
+    }
+}
+
+/// The bytes of a [`Sealed`] flush as consecutive slices: inline runs and shared values.
+#[derive(Debug, Clone)]
+pub struct Parts<'a> {
+    inline: &'a [u8],
+    shared: std::slice::Iter<'a, SharedPiece>,
+    /// Inline bytes before this position were yielded.
+    from: usize,
+    /// The shared value to yield next.
+    piece: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if let Some(p) = self.piece.take() {
+                if !p.is_empty() {
+                    return Some(p);
+                }
+            }
+            let to = match self.shared.next() {
+                Some(s) => {
+                    self.piece = Some(s.bytes.as_ref());
+                    s.at_inline.max(self.from).min(self.inline.len())
+                }
+                None if self.from < self.inline.len() => self.inline.len(),
+                None => return None,
+            };
+            let run = self.inline.get(self.from..to).unwrap_or(&[]);
+            self.from = to;
+            if !run.is_empty() {
+                return Some(run);
+            }
+        }
     }
 }

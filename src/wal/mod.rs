@@ -48,6 +48,8 @@
 //! - [`file`]: the segment file (O_DIRECT + O_DSYNC, buffered fallback), directory fsync.
 //! - [`writer`]: the per-shard writer: group commit, rotation, durability modes, failures.
 //! - [`replay`]: the data directory layout and recovery at startup.
+//! - [`mapped`]: read-only maps of segment and snapshot files that recovery reads, releasing
+//!   pages behind it.
 //! - [`sim`]: a simulated disk that keeps written apart from synced, for the power-loss and
 //!   I/O-fault tests (`tests/power_loss.rs`); the real writer runs on it.
 
@@ -67,14 +69,15 @@ pub mod scan;
 mod tests;
 
 pub use format::{
-    parse_segment_file_name, segment_file_name, EncodeError, FlushBuf, HeaderError, Invalid, LogRecord, Record,
-    RecordKind, SegmentHeader, BLOCK_SIZE, MAX_KEY_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES,
+    parse_segment_file_name, segment_file_name, EncodeError, FlushBuf, HeaderError, Invalid, LogRecord, Parts, Record,
+    RecordKind, Sealed, SegmentHeader, BLOCK_SIZE, MAX_KEY_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES,
     SEGMENT_SIZE_BYTES_DEFAULT,
 };
 pub use recovery::{Corruption, Evidence, LogOutcome, LogScanner, RecoveryAction, RecoveryMode, WalError};
-pub use scan::{scan_segment, Damage, LaterFlush, Records, SegmentEnd, SegmentScan};
+pub use scan::{scan_segment, scan_segment_with, Damage, LaterFlush, Records, SegmentEnd, SegmentScan};
 
 pub mod file;
+pub mod mapped;
 pub mod metrics;
 pub mod replay;
 pub mod sim;

@@ -10,8 +10,8 @@
 
 use thiserror::Error;
 
-use super::format::{is_zero, HeaderError, Invalid, SegmentHeader, BLOCK_SIZE};
-use super::scan::{scan_segment, Damage, LaterFlush, SegmentEnd, SegmentScan};
+use super::format::{is_zero, HeaderError, Invalid, Progress, SegmentHeader, BLOCK_SIZE, SCAN_PROGRESS_BYTES};
+use super::scan::{scan_segment_with, Damage, LaterFlush, SegmentEnd, SegmentScan};
 
 /// What to do when the log is damaged in the middle: data that was acknowledged is gone or
 /// unreadable, and only a prefix of the log can be trusted.
@@ -243,6 +243,17 @@ impl LogScanner {
     /// Returns the scan whose [`records`](SegmentScan::records) are to be replayed, or `None` if
     /// nothing in this segment may be replayed (it is set aside, or its header is unreadable).
     pub fn push<'a>(&mut self, segment_lsn: u64, bytes: &'a [u8]) -> Result<Option<SegmentScan<'a>>, WalError> {
+        self.push_with(segment_lsn, bytes, &mut |_| {})
+    }
+
+    /// [`push`](Self::push), reporting the scan's progress through the segment to `progress`
+    /// (see [`Progress`]).
+    pub fn push_with<'a>(
+        &mut self,
+        segment_lsn: u64,
+        bytes: &'a [u8],
+        progress: Progress<'_>,
+    ) -> Result<Option<SegmentScan<'a>>, WalError> {
         if let Some(previous_lsn) = self.previous_lsn {
             if segment_lsn <= previous_lsn {
                 return Err(WalError::SegmentOrder { previous_lsn, segment_lsn });
@@ -282,7 +293,14 @@ impl LogScanner {
             Err(e) => {
                 let damage = unreadable(Invalid::SegmentHeader(e));
                 // Creation interrupted before the header was durable: nothing else was written.
-                if bytes.get(BLOCK_SIZE..).is_none_or(is_zero) {
+                let rest = bytes.get(BLOCK_SIZE..).unwrap_or(&[]);
+                let mut read = BLOCK_SIZE;
+                let zeros = rest.chunks(SCAN_PROGRESS_BYTES).all(|c| {
+                    read += c.len();
+                    progress(read);
+                    is_zero(c)
+                });
+                if zeros {
                     self.pending = Some(Pending { segment_lsn, damage });
                     return Ok(None);
                 }
@@ -306,7 +324,7 @@ impl LogScanner {
             return Ok(None);
         }
         // The header just decoded, so the scan cannot fail on it.
-        let Ok(scan) = scan_segment(bytes) else {
+        let Ok(scan) = scan_segment_with(bytes, progress) else {
             return Ok(None);
         };
         match scan.end {

@@ -15,9 +15,19 @@
 //! is none), then replays the log from `S + 1`: segments wholly before it (the next segment
 //! starts at or before `S + 1`) are not read at all, records `<= S` in the first segment read
 //! are skipped, and the first segment read must start at or before `S + 1` (otherwise records
-//! are missing: refused in every mode). Each shard reads its segments in LSN order (all of a segment, including its preallocated
-//! tail, which reads as zeros), checks them with [`LogScanner`], and applies the valid records
-//! to its store. [`RecoveryMode::decide`] then says what to do about a torn tail or corruption,
+//! are missing: refused in every mode). Each shard reads its segments in LSN order (all of a
+//! segment, including its preallocated tail, which reads as zeros), checks them with
+//! [`LogScanner`], and applies the valid records to its store.
+//!
+//! # Memory while replaying
+//! A segment is mapped read-only ([`Mapped`]), not read into the heap: a flush larger than a
+//! segment gets a segment of its own, so one can be ~512 MiB. Both passes over it (the scan,
+//! then the records) drop the mapped pages they have finished with, a window of
+//! [`RELEASE_WINDOW_BYTES`] at a time, and a value of at least that size is copied into its
+//! entry chunk by chunk, each chunk's source pages dropped behind the copy. So beside the
+//! entries it builds, replay keeps at most about `RELEASE_WINDOW_BYTES` + [`SCAN_PROGRESS_BYTES`](super::format::SCAN_PROGRESS_BYTES)
+//! (9 MiB) of a segment resident, whatever the segment's size. (The pages stay in the page
+//! cache, which the kernel reclaims as it needs.) [`RecoveryMode::decide`] then says what to do about a torn tail or corruption,
 //! and the action is carried out on disk before the shard writes anything.
 //!
 //! # Changing the number of shards
@@ -29,6 +39,7 @@
 
 use super::file::{sync_dir, write_atomic};
 use super::format::{parse_segment_file_name, Record};
+use super::mapped::Mapped;
 use super::recovery::{LogScanner, RecoveryAction, RecoveryMode};
 use crate::store::{Entry, Store};
 use std::path::{Path, PathBuf};
@@ -169,20 +180,79 @@ fn keep_set_aside_files(data_dir: &Path, gen_dir: &Path, generation: u64) -> Res
     Ok(())
 }
 
+/// Replay drops the mapped pages of a segment it has finished with once this many have
+/// gathered, and copies values of this size or more into their entries in chunks of this size
+/// (module docs, "Memory while replaying").
+pub const RELEASE_WINDOW_BYTES: usize = 8 << 20;
+
+/// Told by replay which bytes of the record it may forget: everything up to the end of the
+/// given slice (part of the record's value) has been copied.
+pub type Release<'r> = &'r dyn Fn(&[u8]);
+
+/// Drops the pages of a mapped segment that one pass has finished with, a window at a time.
+struct Behind<'m> {
+    map: &'m Mapped,
+    /// Pages before this offset were released.
+    done: std::cell::Cell<usize>,
+}
+
+impl<'m> Behind<'m> {
+    fn new(map: &'m Mapped) -> Behind<'m> {
+        Behind { map, done: std::cell::Cell::new(0) }
+    }
+
+    /// The pass has read everything before `offset`.
+    fn consumed(&self, offset: usize) {
+        let done = self.done.get();
+        if offset >= done.saturating_add(RELEASE_WINDOW_BYTES) {
+            self.map.release(done, offset);
+            self.done.set(offset);
+        }
+    }
+
+    /// The pass has read everything up to the end of `slice` (ignored if not in the map).
+    fn consumed_through(&self, slice: &[u8]) {
+        if let Some(end) = self.map.end_offset(slice) {
+            self.consumed(end);
+        }
+    }
+
+    /// Releases everything the pass touched.
+    fn finish(&self) {
+        self.map.release(0, self.map.bytes().len());
+        self.done.set(0);
+    }
+}
+
 /// Applies one record to a store (replay). Expired values are dropped as they load; a store
 /// over its memory limit evicts as it loads (see `Store::fit_after_load`).
 pub fn apply(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
-    apply_record(store, rec, now_ms);
+    apply_with(store, rec, now_ms, &|_| {});
+}
+
+/// [`apply`], telling `release` as a large value is copied which of its bytes are done.
+pub fn apply_with(store: &mut Store, rec: &Record<'_>, now_ms: u64, release: Release<'_>) {
+    apply_record(store, rec, now_ms, release);
     if matches!(rec, Record::Set { .. }) {
         store.fit_after_load(now_ms);
     }
 }
 
-fn apply_record(store: &mut Store, rec: &Record<'_>, now_ms: u64) {
+fn apply_record(store: &mut Store, rec: &Record<'_>, now_ms: u64, release: Release<'_>) {
     match *rec {
         Record::Set { key, value, expire_at_ms } => {
             if expire_at_ms.is_some_and(|t| t <= now_ms) {
                 store.remove(key, now_ms);
+            } else if value.len() >= RELEASE_WINDOW_BYTES {
+                // Copy in chunks, releasing each chunk's source behind the copy: the value is
+                // never resident twice (mapped and in its entry).
+                let entry = Entry::with_value_len(key, value.len(), expire_at_ms, |dst| {
+                    for (d, s) in dst.chunks_mut(RELEASE_WINDOW_BYTES).zip(value.chunks(RELEASE_WINDOW_BYTES)) {
+                        d.copy_from_slice(s);
+                        release(s);
+                    }
+                });
+                store.put(entry, now_ms);
             } else {
                 store.put(Entry::new(key, value, expire_at_ms), now_ms);
             }
@@ -215,6 +285,22 @@ pub fn replay_dir(
     from_lsn: u64,
     stats: &mut RecoveryStats,
     mut f: impl FnMut(&Record<'_>),
+) -> Result<u64, RecoverError> {
+    replay_dir_with(dir, shard_id, shard_count, mode, repair, from_lsn, stats, |r, _| f(r))
+}
+
+/// [`replay_dir`], whose `f` also gets a [`Release`] to report its progress through a large
+/// value (see [`apply_with`]).
+#[allow(clippy::too_many_arguments)]
+pub fn replay_dir_with(
+    dir: &Path,
+    shard_id: u32,
+    shard_count: u32,
+    mode: RecoveryMode,
+    repair: bool,
+    from_lsn: u64,
+    stats: &mut RecoveryStats,
+    mut f: impl FnMut(&Record<'_>, Release<'_>),
 ) -> Result<u64, RecoverError> {
     let mut segments: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -251,18 +337,26 @@ pub fn replay_dir(
     }
     let mut scanner = LogScanner::new(shard_id, shard_count);
     for (lsn, path) in &segments {
-        let bytes = std::fs::read(path).map_err(io("read", path))?;
+        let map = Mapped::open(path).map_err(io("map", path))?;
+        let bytes = map.bytes();
         stats.segments += 1;
         stats.bytes_read += bytes.len() as u64;
+        let behind = Behind::new(&map);
         let scan = scanner
-            .push(*lsn, &bytes)
+            .push_with(*lsn, bytes, &mut |at| behind.consumed(at))
             .map_err(|e| RecoverError::Invalid { dir: dir.to_path_buf(), detail: e.to_string() })?;
+        behind.finish();
         if let Some(scan) = scan {
-            for r in scan.records().filter(|r| r.lsn > from_lsn) {
-                stats.records += 1;
-                f(&r.record);
+            let release = |s: &[u8]| behind.consumed_through(s);
+            for r in scan.records() {
+                behind.consumed(r.offset as usize);
+                if r.lsn > from_lsn {
+                    stats.records += 1;
+                    f(&r.record, &release);
+                }
             }
         }
+        behind.finish();
     }
     let outcome = scanner.finish();
     let action = match mode.decide(&outcome) {
@@ -307,11 +401,8 @@ pub fn replay_dir(
             if repair {
                 for (lsn, p) in &segments {
                     if *lsn == segment_lsn {
-                        let bytes = std::fs::read(p).map_err(io("read", p))?;
-                        let tail = bytes.get(offset as usize..).unwrap_or(&[]);
                         let aside = unused_name(&p.with_extension("log.corrupt"));
-                        std::fs::write(&aside, tail).map_err(io("write", &aside))?;
-                        std::fs::File::open(&aside).and_then(|f| f.sync_all()).map_err(io("fsync", &aside))?;
+                        copy_tail(p, offset, &aside)?;
                         truncate_or_remove(p, offset)?;
                     } else if *lsn > segment_lsn {
                         let aside = unused_name(&p.with_extension("log.corrupt"));
@@ -326,6 +417,17 @@ pub fn replay_dir(
     let next = next.max(from_lsn.saturating_add(1));
     stats.next_lsn = next;
     Ok(next)
+}
+
+/// Copies the bytes of `from` after `offset` to a new file `to`, durably, without holding
+/// them in memory (the kernel copies, `copy_file_range`).
+fn copy_tail(from: &Path, offset: u64, to: &Path) -> Result<(), RecoverError> {
+    use std::io::{Seek, SeekFrom};
+    let mut src = std::fs::File::open(from).map_err(io("open", from))?;
+    src.seek(SeekFrom::Start(offset)).map_err(io("seek", from))?;
+    let mut dst = std::fs::File::create_new(to).map_err(io("create", to))?;
+    std::io::copy(&mut src, &mut dst).map_err(io("copy to", to))?;
+    dst.sync_all().map_err(io("fsync", to))
 }
 
 /// `path`, or `path.1`, `path.2`, ... whichever does not exist yet: set-aside bytes are never
@@ -386,7 +488,9 @@ pub fn recover_shard(
             if let Some(s) = &snap {
                 stats.snapshot_lsn = s.lsn;
             }
-            replay_dir(&dir, shard_id, shard_count, mode, true, from, &mut stats, |r| apply(store, r, now))?;
+            replay_dir_with(&dir, shard_id, shard_count, mode, true, from, &mut stats, |r, release| {
+                apply_with(store, r, now, release)
+            })?;
         }
         Some(l) => {
             for old in 0..l.shards {
@@ -409,10 +513,10 @@ pub fn recover_shard(
                 // Strict even under tolerate-corruption: setting damaged data aside is done by a
                 // start with the old shard count (several new shards read each old log, and the
                 // old generation is removed once the new one is committed).
-                replay_dir(&dir, old, l.shards, RecoveryMode::Strict, false, from, &mut stats, |r| match r {
+                replay_dir_with(&dir, old, l.shards, RecoveryMode::Strict, false, from, &mut stats, |r, release| match r {
                     Record::Set { key, .. } | Record::Del { key } | Record::Expire { key, .. } => {
                         if crate::shard::shard_of(key, shard_count as usize) == shard_id as usize {
-                            apply(store, r, now);
+                            apply_with(store, r, now, release);
                         }
                     }
                     // Old shard `old`'s FLUSHALL removed only the keys that shard held.

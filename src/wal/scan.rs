@@ -18,8 +18,9 @@
 //! borrowing keys and values from the input.
 
 use super::format::{
-    align_up, checksum_seed, is_zero, parse_record, FlushHeader, HeaderError, Invalid, LogRecord, SegmentHeader,
-    BLOCK_SIZE, FLUSH_HEADER_BYTES, MAX_FLUSH_RECORDS_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    align_up, checksum_seed, is_zero, parse_record, FlushHeader, HeaderError, Invalid, LogRecord, Progress,
+    SegmentHeader, BLOCK_SIZE, FLUSH_HEADER_BYTES, MAX_FLUSH_RECORDS_BYTES, RECORD_HEADER_BYTES, SCAN_PROGRESS_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 
 /// The first invalid thing in a segment, and where the valid log ends because of it.
@@ -106,6 +107,12 @@ impl<'a> SegmentScan<'a> {
 /// whose creation was interrupted, or corruption) depends on the segments around it and is
 /// decided by [`LogScanner`](super::LogScanner).
 pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan<'_>, HeaderError> {
+    scan_segment_with(bytes, &mut |_| {})
+}
+
+/// [`scan_segment`], reporting to `progress` the offsets it has read everything before (at
+/// least every [`SCAN_PROGRESS_BYTES`]).
+pub fn scan_segment_with<'a>(bytes: &'a [u8], progress: Progress<'_>) -> Result<SegmentScan<'a>, HeaderError> {
     let header = SegmentHeader::decode(bytes)?;
     let seed = checksum_seed(header.segment_id);
     let mut pos = SEGMENT_HEADER_BYTES;
@@ -113,16 +120,17 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan<'_>, HeaderError> {
     let mut flush_count = 0u64;
     let mut record_count = 0u64;
     let end = loop {
-        match check_flush(bytes, pos, lsn, seed) {
+        match check_flush(bytes, pos, lsn, seed, progress) {
             FlushCheck::Valid { next, records } => {
                 pos = next;
+                progress(pos);
                 // Cannot overflow: `check_flush` verified `lsn + records` fits.
                 lsn = lsn.saturating_add(u64::from(records));
                 flush_count += 1;
                 record_count += u64::from(records);
             }
             FlushCheck::End => {
-                break match find_later_flush(bytes, pos.saturating_add(BLOCK_SIZE), seed) {
+                break match find_later_flush(bytes, pos.saturating_add(BLOCK_SIZE), seed, progress) {
                     None => SegmentEnd::Clean,
                     Some(later) => {
                         let at = pos as u64;
@@ -138,7 +146,7 @@ pub fn scan_segment(bytes: &[u8]) -> Result<SegmentScan<'_>, HeaderError> {
                     let later = LaterFlush { offset: damage.flush_offset, first_lsn: found };
                     break SegmentEnd::Corrupt { damage, later };
                 }
-                break match find_later_flush(bytes, pos.saturating_add(BLOCK_SIZE), seed) {
+                break match find_later_flush(bytes, pos.saturating_add(BLOCK_SIZE), seed, progress) {
                     None => SegmentEnd::Torn(damage),
                     Some(later) => SegmentEnd::Corrupt { damage, later },
                 };
@@ -160,7 +168,7 @@ enum FlushCheck {
 }
 
 /// Validates the flush that should start at block boundary `pos` with LSN `lsn`.
-fn check_flush(bytes: &[u8], pos: usize, lsn: u64, seed: u32) -> FlushCheck {
+fn check_flush(bytes: &[u8], pos: usize, lsn: u64, seed: u32, progress: Progress<'_>) -> FlushCheck {
     let block_end = pos.saturating_add(BLOCK_SIZE).min(bytes.len());
     if bytes.get(pos..block_end).is_none_or(is_zero) {
         return FlushCheck::End;
@@ -190,7 +198,7 @@ fn check_flush(bytes: &[u8], pos: usize, lsn: u64, seed: u32) -> FlushCheck {
     let mut rec_at = pos + FLUSH_HEADER_BYTES;
     for i in 0..u64::from(count) {
         let rec_lsn = lsn + i;
-        match parse_record(bytes, rec_at, end, Some(seed), rec_lsn) {
+        match parse_record(bytes, rec_at, end, Some((seed, &mut *progress)), rec_lsn) {
             Ok((_, len)) => rec_at += len,
             Err(reason) => return bad(rec_at, rec_lsn, reason),
         }
@@ -209,9 +217,12 @@ fn check_flush(bytes: &[u8], pos: usize, lsn: u64, seed: u32) -> FlushCheck {
 /// The first valid flush header of this segment at a block boundary at or after `from`.
 /// Stale bytes fail the seeded checksum and zeros fail the magic, so this is one 4-byte
 /// compare per block for a preallocated segment.
-fn find_later_flush(bytes: &[u8], from: usize, seed: u32) -> Option<LaterFlush> {
+fn find_later_flush(bytes: &[u8], from: usize, seed: u32, progress: Progress<'_>) -> Option<LaterFlush> {
     let from = align_up(from)?;
     (from..bytes.len()).step_by(BLOCK_SIZE).find_map(|pos| {
+        if pos % SCAN_PROGRESS_BYTES == 0 {
+            progress(pos);
+        }
         let h = FlushHeader::read(bytes, pos, seed)?;
         Some(LaterFlush { offset: pos as u64, first_lsn: h.first_lsn })
     })

@@ -111,9 +111,9 @@ fn write_flush(bytes: &mut Vec<u8>, fb: &mut FlushBuf, id: u64, ops: &[Op]) -> F
         records.push((at, lsn));
     }
     let records_end = offset + FLUSH_HEADER_BYTES + fb.records_bytes();
-    let out = fb.finish(id, offset as u64).unwrap();
+    let out = fb.finish(id, offset as u64).unwrap().to_vec();
     assert_eq!(out.len() % BLOCK_SIZE, 0);
-    bytes.extend_from_slice(out);
+    bytes.extend_from_slice(&out);
     FlushInfo { offset, records_end, padded_end: bytes.len(), first_lsn, records }
 }
 
@@ -301,16 +301,16 @@ fn checksum_seed_is_the_segment_id_prefix() {
 #[test]
 fn flush_is_whole_blocks_and_can_be_resealed() {
     let mut fb = FlushBuf::new(7);
-    assert_eq!(fb.finish(1, BLOCK_SIZE as u64).unwrap(), &[] as &[u8]);
+    assert!(fb.finish(1, BLOCK_SIZE as u64).unwrap().is_empty());
     assert_eq!(fb.padded_len_bytes(), 0);
     assert_eq!(fb.append(&Record::Del { key: b"a" }).unwrap(), 7);
     assert_eq!(fb.append(&Record::FlushAll).unwrap(), 8);
     assert_eq!(fb.next_lsn(), 9);
     assert_eq!(fb.record_count(), 2);
     assert_eq!(fb.padded_len_bytes(), BLOCK_SIZE);
-    assert_eq!(fb.finish(1, 0), Err(EncodeError::BadOffset { offset: 0 }));
-    assert_eq!(fb.finish(1, 4097), Err(EncodeError::BadOffset { offset: 4097 }));
-    assert_eq!(fb.finish(0, 4096), Err(EncodeError::BadHeader));
+    assert_eq!(fb.finish(1, 0).err(), Some(EncodeError::BadOffset { offset: 0 }));
+    assert_eq!(fb.finish(1, 4097).err(), Some(EncodeError::BadOffset { offset: 4097 }));
+    assert_eq!(fb.finish(0, 4096).err(), Some(EncodeError::BadHeader));
 
     // Sealed for segment 1 at block 1, then resealed for segment 2 at block 2, then extended.
     let header = |id| SegmentHeader { shard_id: 0, shard_count: 1, first_lsn: 7, segment_id: id };
@@ -318,13 +318,13 @@ fn flush_is_whole_blocks_and_can_be_resealed() {
     let mut seg = header(2).to_block().unwrap();
     seg.resize(2 * BLOCK_SIZE, 0);
     fb.append(&Record::Del { key: b"b" }).unwrap();
-    seg.extend_from_slice(fb.finish(2, 2 * BLOCK_SIZE as u64).unwrap());
+    seg.extend_from_slice(&fb.finish(2, 2 * BLOCK_SIZE as u64).unwrap().to_vec());
     let scan = scan_segment(&seg).unwrap();
     // Block 1 is zero, so block 2 is past a hole.
     assert!(matches!(scan.end, SegmentEnd::Corrupt { damage: Damage { reason: Invalid::Hole, .. }, .. }));
 
     let mut seg = header(2).to_block().unwrap();
-    seg.extend_from_slice(fb.finish(2, BLOCK_SIZE as u64).unwrap());
+    seg.extend_from_slice(&fb.finish(2, BLOCK_SIZE as u64).unwrap().to_vec());
     let scan = scan_segment(&seg).unwrap();
     assert_eq!(scan.end, SegmentEnd::Clean);
     let keys: Vec<Record<'_>> = scan.records().map(|r| r.record).collect();
@@ -616,7 +616,7 @@ fn lsn_gap_inside_a_segment_is_corruption() {
     fb.reset(14); // skips LSN 13
     fb.append(&Record::FlushAll).unwrap();
     let at = seg.len() as u64;
-    seg.extend_from_slice(fb.finish(id, at).unwrap());
+    seg.extend_from_slice(&fb.finish(id, at).unwrap().to_vec());
     let scan = scan_segment(&seg).unwrap();
     assert_eq!(scan.records().count(), 3);
     let SegmentEnd::Corrupt { damage, later } = scan.end else { panic!("{:?}", scan.end) };
@@ -895,4 +895,265 @@ fn recovery_modes_follow_the_decision_table() {
         Ok(RecoveryAction::SetAsideFrom { segment_lsn: 5, offset: 8192, next_lsn: 10 })
     );
     assert_eq!(LogScanner::new(0, 1).finish(), LogOutcome::Clean { next_lsn: None });
+}
+
+// ---- Large values: shared (not copied) values, chunked writes, bounded buffers ----
+
+use super::file::{probe_direct_io, IoMode, WRITE_CHUNK_BYTES};
+
+/// A value of `len` bytes whose every 4 KiB block differs (a misplaced chunk shows).
+fn patterned(len: usize, salt: u8) -> bytes::Bytes {
+    (0..len).map(|i| (i / 4093) as u8 ^ (i as u8).wrapping_mul(31) ^ salt).collect::<Vec<u8>>().into()
+}
+
+/// Appends `ops` to `fb`, sharing the value of every SET whose value is in `shared` (by index).
+fn append_sharing(fb: &mut FlushBuf, ops: &[Op], shared: &[(usize, bytes::Bytes)]) {
+    for (i, op) in ops.iter().enumerate() {
+        let share = shared.iter().find(|(j, _)| *j == i).map(|(_, b)| b);
+        fb.append_with(&op.record(), share).unwrap();
+    }
+}
+
+/// A mix of small records and SETs of large values (shared ones at the returned indexes).
+fn mixed_with_large(sizes: &[usize]) -> (Vec<Op>, Vec<(usize, bytes::Bytes)>) {
+    let mut ops = small_ops(11, 5);
+    let mut shared = Vec::new();
+    for (n, &len) in sizes.iter().enumerate() {
+        let v = patterned(len, n as u8);
+        let expire = (n % 2 == 1).then_some(1_800_000_000_000);
+        shared.push((ops.len(), v.clone()));
+        ops.push(Op::Set(format!("big:{n}").into_bytes(), v.to_vec(), expire));
+        ops.extend(small_ops(20 + n as u64, 3));
+    }
+    (ops, shared)
+}
+
+#[test]
+fn sharing_large_values_writes_the_same_bytes_as_copying_them() {
+    let (ops, shared) = mixed_with_large(&[64 << 10, 200_001, 1 << 20]);
+    let mut copied = FlushBuf::new(FIRST_LSN);
+    let mut sharing = FlushBuf::new(FIRST_LSN);
+    append_sharing(&mut copied, &ops, &[]);
+    append_sharing(&mut sharing, &ops, &shared);
+    assert_eq!(sharing.shared_bytes(), (64 << 10) + 200_001 + (1 << 20));
+    assert_eq!(sharing.records_bytes(), copied.records_bytes());
+    // The shared values were not copied: the inline buffer is small.
+    assert!(sharing.capacity_bytes() < 64 << 10, "{}", sharing.capacity_bytes());
+    for (id, offset) in [(7u64, BLOCK_SIZE as u64), (0xABCD_EF01, 40 * BLOCK_SIZE as u64)] {
+        let want = copied.finish(id, offset).unwrap().to_vec();
+        let sealed = sharing.finish(id, offset).unwrap();
+        assert!(sealed.as_contiguous().is_none());
+        assert_eq!(sealed.len_bytes(), want.len());
+        assert!(sealed.to_vec() == want, "sharing changed the bytes of the flush");
+        // Any range, copied out as the writer's staging does, is the same bytes.
+        for (from, len) in [(0, 1), (0, 4096), (4000, 70_000), (65_000, 300_000), (want.len() - 5000, 8192)] {
+            let mut dst = vec![0xEE; len];
+            let n = sealed.copy_to(from, &mut dst);
+            let end = (from + len).min(want.len());
+            assert_eq!(n, end - from);
+            assert!(dst[..n] == want[from..end], "copy_to({from}, {len})");
+        }
+    }
+    // And the scan reads back exactly the records appended.
+    let mut seg =
+        SegmentHeader { shard_id: 0, shard_count: 1, first_lsn: FIRST_LSN, segment_id: 9 }.to_block().unwrap();
+    seg.extend_from_slice(&sharing.finish(9, BLOCK_SIZE as u64).unwrap().to_vec());
+    let scan = scan_segment(&seg).unwrap();
+    assert_eq!(scan.end, SegmentEnd::Clean);
+    let got: Vec<Record<'_>> = scan.records().map(|r| r.record).collect();
+    let want: Vec<Record<'_>> = ops.iter().map(Op::record).collect();
+    assert!(got == want);
+}
+
+#[test]
+fn a_handle_that_cannot_be_the_value_is_ignored_and_the_value_copied() {
+    // Only in release builds: debug builds assert that callers never do this.
+    if cfg!(debug_assertions) {
+        return;
+    }
+    let wrong = bytes::Bytes::from(vec![1u8; 70_000]);
+    let mut fb = FlushBuf::new(1);
+    fb.append_with(&Record::Set { key: b"k", value: &[2u8; 69_999], expire_at_ms: None }, Some(&wrong)).unwrap();
+    fb.append_with(&Record::Del { key: b"k" }, Some(&wrong)).unwrap();
+    assert_eq!(fb.shared_bytes(), 0);
+    let scanned = {
+        let mut seg = SegmentHeader { shard_id: 0, shard_count: 1, first_lsn: 1, segment_id: 3 }.to_block().unwrap();
+        seg.extend_from_slice(&fb.finish(3, BLOCK_SIZE as u64).unwrap().to_vec());
+        seg
+    };
+    let scan = scan_segment(&scanned).unwrap();
+    let first = scan.records().next().unwrap().record;
+    assert_eq!(first, Record::Set { key: b"k", value: &[2u8; 69_999], expire_at_ms: None });
+}
+
+#[test]
+fn a_shared_value_spanning_several_write_chunks_is_staged_chunk_by_chunk() {
+    let len = 2 * WRITE_CHUNK_BYTES + 12_345;
+    let (ops, shared) = mixed_with_large(&[len]);
+    let mut copied = FlushBuf::new(FIRST_LSN);
+    let mut sharing = FlushBuf::new(FIRST_LSN);
+    append_sharing(&mut copied, &ops, &[]);
+    append_sharing(&mut sharing, &ops, &shared);
+    let want = copied.finish(5, BLOCK_SIZE as u64).unwrap().to_vec();
+    let sealed = sharing.finish(5, BLOCK_SIZE as u64).unwrap();
+    assert!(sealed.len_bytes() > 2 * WRITE_CHUNK_BYTES);
+    // The writer's loop: one staging buffer, chunks in order.
+    let mut staging = vec![0u8; WRITE_CHUNK_BYTES];
+    let (mut done, mut chunks) = (0, 0);
+    while done < sealed.len_bytes() {
+        let n = (sealed.len_bytes() - done).min(WRITE_CHUNK_BYTES);
+        assert_eq!(sealed.copy_to(done, &mut staging[..n]), n);
+        assert!(staging[..n] == want[done..done + n], "chunk {chunks} differs");
+        done += n;
+        chunks += 1;
+    }
+    assert_eq!(chunks, 3);
+}
+
+#[test]
+fn absorb_keeps_shared_values_shared_and_in_place() {
+    let (first, first_shared) = mixed_with_large(&[100_000]);
+    let (later, later_shared) = mixed_with_large(&[64 << 10, 300_000]);
+    let mut all = first.clone();
+    all.extend(later.iter().cloned());
+    let mut one = FlushBuf::new(FIRST_LSN);
+    append_sharing(&mut one, &all, &[]);
+    let mut a = FlushBuf::new(FIRST_LSN);
+    append_sharing(&mut a, &first, &first_shared);
+    // A failed write sealed `a` (padding added) before the retry absorbs `b`.
+    let _ = a.finish(4, BLOCK_SIZE as u64).unwrap().to_vec();
+    let mut b = FlushBuf::new(a.next_lsn());
+    append_sharing(&mut b, &later, &later_shared);
+    a.absorb(&b);
+    assert_eq!(a.shared_bytes(), 100_000 + (64 << 10) + 300_000);
+    assert_eq!((a.record_count(), a.next_lsn()), (one.record_count(), one.next_lsn()));
+    assert!(
+        a.finish(4, 2 * BLOCK_SIZE as u64).unwrap().to_vec() == one.finish(4, 2 * BLOCK_SIZE as u64).unwrap().to_vec()
+    );
+    // Appending after the absorb continues the same flush.
+    let extra = Op::Set(b"after".to_vec(), patterned(70_000, 9).to_vec(), None);
+    let extra_shared = patterned(70_000, 9);
+    a.append_with(&extra.record(), Some(&extra_shared)).unwrap();
+    one.append(&extra.record()).unwrap();
+    assert!(a.finish(4, BLOCK_SIZE as u64).unwrap().to_vec() == one.finish(4, BLOCK_SIZE as u64).unwrap().to_vec());
+}
+
+#[test]
+fn reset_drops_shared_values_and_shrink_bounds_the_capacity() {
+    let v = patterned(1 << 20, 1);
+    let mut fb = FlushBuf::new(1);
+    fb.append_with(&Record::Set { key: b"k", value: &v, expire_at_ms: None }, Some(&v)).unwrap();
+    assert!(!v.is_unique(), "the buffer holds a reference");
+    for i in 0..2000u32 {
+        fb.append(&Record::Set { key: &i.to_le_bytes(), value: &[7u8; 9000], expire_at_ms: None }).unwrap();
+    }
+    assert!(fb.capacity_bytes() > 16 << 20);
+    fb.reset(fb.next_lsn());
+    assert!(v.is_unique(), "reset must drop the reference, so the store can free the value");
+    fb.shrink_to(1 << 20);
+    assert!(fb.capacity_bytes() <= 1 << 20, "{}", fb.capacity_bytes());
+}
+
+fn on_executor<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::default().spawn(f).expect("start executor").join().expect("executor panicked");
+}
+
+fn log_cfg(dir: &std::path::Path, io_mode: IoMode, buffer_bytes: usize) -> LogConfig {
+    LogConfig {
+        dir: dir.to_path_buf(),
+        shard_id: 0,
+        shard_count: 1,
+        durability: Durability::Sync,
+        io_mode,
+        segment_bytes: 64 << 10,
+        buffer_bytes,
+        flush_interval_ms: 5,
+    }
+}
+
+#[test]
+fn the_spare_buffer_gives_back_what_a_big_flush_grew_it_to() {
+    on_executor(|| async {
+        let disk = std::rc::Rc::new(super::sim::SimDisk::new());
+        let buffer_bytes = 4 << 20;
+        let log = ShardLog::on_sim_disk(log_cfg(std::path::Path::new("/sim/s"), IoMode::Direct, buffer_bytes), 1, disk);
+        let stop = std::rc::Rc::new(crate::shard::LocalEvent::default());
+        let flusher = glommio::spawn_local(log.clone().run_flusher(stop.clone()));
+        // Copied (not shared): the pending buffer grows to hold 20 MiB.
+        let big = vec![3u8; 20 << 20];
+        let lsn = log.append(&Record::Set { key: b"big", value: &big, expire_at_ms: None });
+        log.wait_durable(lsn).await.unwrap();
+        // Shared: the log must let go of the value once it is durable.
+        let shared = patterned(10 << 20, 2);
+        let lsn = log.append_with(&Record::Set { key: b"shared", value: &shared, expire_at_ms: None }, Some(&shared));
+        log.wait_durable(lsn).await.unwrap();
+        let lsn = log.append(&Record::Del { key: b"x" });
+        log.wait_durable(lsn).await.unwrap();
+        stop.set();
+        flusher.await;
+        assert!(log.spare_capacity_bytes() <= buffer_bytes, "spare keeps {} bytes", log.spare_capacity_bytes());
+        assert!(shared.is_unique(), "the log still holds the shared value after it was durable");
+    });
+}
+
+#[test]
+fn a_shared_value_of_several_chunks_is_written_and_recovered_in_both_io_modes() {
+    let root = std::env::temp_dir().join(format!("ringcache-wal-chunks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut modes = vec![IoMode::Buffered];
+    if probe_direct_io(&root).unwrap() == IoMode::Direct {
+        modes.push(IoMode::Direct);
+    }
+    for mode in modes {
+        let dir = root.join(format!("{mode:?}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d2 = dir.clone();
+        let value = patterned(2 * WRITE_CHUNK_BYTES + 777, 5);
+        let v2 = value.clone();
+        on_executor(move || async move {
+            let log = ShardLog::new(log_cfg(&d2, mode, 1 << 20), 1);
+            let stop = std::rc::Rc::new(crate::shard::LocalEvent::default());
+            let flusher = glommio::spawn_local(log.clone().run_flusher(stop.clone()));
+            log.append(&Record::Set { key: b"before", value: b"1", expire_at_ms: None });
+            let lsn = log.append_with(&Record::Set { key: b"big", value: &v2, expire_at_ms: Some(9 << 40) }, Some(&v2));
+            log.append(&Record::Del { key: b"before" });
+            log.wait_durable(lsn + 1).await.unwrap();
+            assert!(log.stats().bytes_written > 2 * WRITE_CHUNK_BYTES as u64);
+            stop.set();
+            flusher.await;
+        });
+        let mut stats = replay::RecoveryStats::default();
+        let mut got = Vec::new();
+        let next = replay::replay_dir(&dir, 0, 1, RecoveryMode::Strict, true, 0, &mut stats, |r| match r {
+            Record::Set { key, value, .. } => got.push((key.to_vec(), Some(value.to_vec()))),
+            Record::Del { key } => got.push((key.to_vec(), None)),
+            other => panic!("unexpected {other:?}"),
+        })
+        .unwrap();
+        assert_eq!(next, 4, "{mode:?}");
+        assert_eq!((stats.torn_tails, stats.corrupt_segments), (0, 0), "{mode:?}");
+        assert_eq!(got.len(), 3, "{mode:?}");
+        assert_eq!(got[0], (b"before".to_vec(), Some(b"1".to_vec())));
+        assert!(got[1].0 == b"big" && got[1].1.as_deref() == Some(&value[..]), "{mode:?}: the big value differs");
+        assert_eq!(got[2], (b"before".to_vec(), None));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn padding_a_large_copied_record_does_not_reallocate_the_buffer() {
+    // Growing a buffer that holds a large record reallocates and copies it: twice its size
+    // resident for a moment. `append` leaves room for the padding `finish` adds.
+    let mut fb = FlushBuf::new(1);
+    let value = vec![5u8; (20 << 20) + 1];
+    fb.append(&Record::Set { key: b"k", value: &value, expire_at_ms: None }).unwrap();
+    let before = fb.capacity_bytes();
+    let len = fb.finish(1, BLOCK_SIZE as u64).unwrap().len_bytes();
+    assert_eq!(len % BLOCK_SIZE, 0);
+    assert_eq!(fb.capacity_bytes(), before, "finish grew the buffer");
 }

@@ -2,15 +2,32 @@
 //!
 //! # Write path (every durable step, in order)
 //! 1. A write command runs on its shard and appends its after-image records to the shard's
-//!    pending [`FlushBuf`] ([`ShardLog::append`]); each record gets the next LSN.
+//!    pending [`FlushBuf`] ([`ShardLog::append`]); each record gets the next LSN. A large
+//!    value the store holds as a refcounted `Bytes` is not copied: the buffer keeps a
+//!    reference to it ([`ShardLog::append_with`]).
 //! 2. The flusher task takes the whole pending buffer (everything appended while the previous
 //!    flush was in flight rides this one: group commit) and seals it into whole 4096-byte
 //!    blocks starting at the segment's next block boundary.
 //! 3. If the flush does not fit in the current segment, a new segment is made first: create
 //!    `wal-<next lsn>.log`, preallocate it (fallocate + fdatasync), write its header block
 //!    durably, fsync the directory. Only then is the flush written there.
-//! 4. One `O_DIRECT | O_DSYNC` write puts the flush on disk (buffered fallback: write +
-//!    fdatasync). When it returns, `durable_lsn` moves past the flush and waiters wake.
+//! 4. The flush goes to disk through one aligned staging buffer of at most
+//!    [`WRITE_CHUNK_BYTES`](super::file::WRITE_CHUNK_BYTES) (8 MiB), chunk by chunk, in order: each chunk one
+//!    `O_DIRECT | O_DSYNC` write (buffered fallback: the chunk writes, then one fdatasync).
+//!    Nearly every flush is a single chunk. When the last chunk is durable, `durable_lsn`
+//!    moves past the flush and waiters wake; never earlier. A crash between chunks leaves a
+//!    torn flush, which recovery drops like any torn write (nothing in it was acknowledged).
+//!
+//! Every fsync of the write path, then: fallocate + fdatasync of a new segment, its header
+//! block (`O_DSYNC`, or write + fdatasync), the directory fsync after creating it, and per
+//! flush either one `O_DSYNC` write per chunk or one fdatasync after the chunks.
+//!
+//! # Memory
+//! The log holds two flush buffers (pending and the one being written) and, while writing,
+//! one staging buffer of at most `WRITE_CHUNK_BYTES`. A buffer that grew for a big flush is
+//! shrunk back to [`BUFFER_KEEP_BYTES_MAX`] (or `wal_buffer_bytes` if smaller) once that flush
+//! is durable, and it drops its references to shared values then, so a value the store
+//! replaced or deleted is freed.
 //!
 //! At most one flush is in flight, and a block holding acknowledged records is never written
 //! again (the next flush starts at the next block): rules 1 and 2 of `docs/WAL.md`.
@@ -42,6 +59,11 @@ use std::time::{Duration, Instant};
 
 /// Retry period of a flush that failed with ENOSPC.
 pub const NO_SPACE_RETRY_MS: u64 = 1000;
+
+/// Capacity a flush buffer keeps between flushes (at most; `wal_buffer_bytes` if smaller).
+/// A buffer that grew past it for one big flush gives the rest back once that flush is
+/// durable (module docs, "Memory").
+pub const BUFFER_KEEP_BYTES_MAX: usize = 8 << 20;
 
 /// What each durability mode promises. See `docs/DURABILITY.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,7 +169,7 @@ impl ShardLog {
         faults: Option<Rc<super::file::FaultPlan>>,
         sim: Option<Rc<super::sim::SimDisk>>,
     ) -> ShardLog {
-        let cap = cfg.buffer_bytes.min(8 << 20);
+        let cap = cfg.buffer_bytes.min(BUFFER_KEEP_BYTES_MAX);
         ShardLog {
             pending: RefCell::new(FlushBuf::with_capacity(next_lsn, cap)),
             spare: RefCell::new(Some(FlushBuf::with_capacity(next_lsn, cap))),
@@ -206,8 +228,15 @@ impl ShardLog {
     /// Appends a record; returns its LSN. Records too large for the log cannot happen: the
     /// protocol limits keys and values below the log's limits.
     pub fn append(&self, rec: &Record<'_>) -> u64 {
+        self.append_with(rec, None)
+    }
+
+    /// As [`append`](Self::append); `shared_value`, if given, holds exactly the bytes of the
+    /// record's value (an out-of-line value of the store): the log keeps a reference to it
+    /// until the flush is durable instead of copying it ([`FlushBuf::append_with`]).
+    pub fn append_with(&self, rec: &Record<'_>, shared_value: Option<&bytes::Bytes>) -> u64 {
         let mut p = self.pending.borrow_mut();
-        let lsn = match p.append(rec) {
+        let lsn = match p.append_with(rec, shared_value) {
             Ok(lsn) => lsn,
             Err(e) => {
                 tracing::error!(shard = self.cfg.shard_id, "cannot encode WAL record: {e}");
@@ -410,6 +439,10 @@ impl ShardLog {
                     st.flush_us_total += us;
                     st.flush_us_max = st.flush_us_max.max(us);
                 }
+                // Drop the shared values (the store may free them now) and any capacity a big
+                // flush made the buffer grow to.
+                buf.reset(durable);
+                buf.shrink_to(self.keep_bytes());
                 *self.spare.borrow_mut() = Some(buf);
                 self.wake_waiters();
                 Ok(())
@@ -424,6 +457,16 @@ impl ShardLog {
                 Err(e)
             }
         }
+    }
+
+    /// Capacity a flush buffer keeps between flushes.
+    fn keep_bytes(&self) -> usize {
+        self.cfg.buffer_bytes.min(BUFFER_KEEP_BYTES_MAX)
+    }
+
+    /// Capacity of the spare flush buffer (tests: the bound of [`BUFFER_KEEP_BYTES_MAX`]).
+    pub fn spare_capacity_bytes(&self) -> usize {
+        self.spare.borrow().as_ref().map_or(0, FlushBuf::capacity_bytes)
     }
 
     /// Re-appends records of `newer` (appended during a failed flush) after the restored ones.
@@ -449,11 +492,11 @@ impl ShardLog {
             let s = seg.as_ref().ok_or_else(|| std::io::Error::other("no segment"))?;
             (s.id, s.offset)
         };
-        let bytes = buf.finish(id, offset).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let len = bytes.len() as u64;
+        let sealed = buf.finish(id, offset).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let len = sealed.len_bytes() as u64;
         let file = self.segment.borrow().as_ref().map(|s| s.file.clone());
         let file = file.ok_or_else(|| std::io::Error::other("no segment"))?;
-        file.write_durable(bytes, offset).await?;
+        file.write_flush_durable(&sealed, offset).await?;
         if let Some(s) = self.segment.borrow_mut().as_mut() {
             s.offset = offset + len;
         }
