@@ -228,7 +228,7 @@ machine_info() {
     local model
     model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo "machine:   $(nproc) CPUs ($model), kernel $(uname -r), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
-    echo "ringcache: $("$RINGCACHE_BIN" --version 2>/dev/null) (git $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), --threads 1 --durability ${RC_DURABILITY:-off}"
+    echo "ringcache: $("$RINGCACHE_BIN" --version 2>/dev/null | paste -sd" " -) (git $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), --threads 1 --durability ${RC_DURABILITY:-off}"
     echo "redis:     $("$REDIS_SERVER" --version | grep -o 'v=[^ ]*' | cut -c3-), --save '' --appendonly no"
     echo "pinning:   servers on CPU $SERVER_CPU (taskset), clients on CPU $CLIENT_CPU"
 }

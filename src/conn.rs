@@ -147,7 +147,9 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
                 Some(Err(e)) => return Err(e),
                 Some(Ok([])) => return Ok(()),
                 Some(Ok(data)) => {
-                    qbuf.extend_from_slice(data);
+                    // The payload of a large bulk skips the query buffer.
+                    let direct = parser.feed_large(data, qbuf.len());
+                    qbuf.extend_from_slice(&data[direct..]);
                     data.len()
                 }
             }
