@@ -32,6 +32,11 @@ use std::sync::atomic::Ordering;
 /// During shutdown, a connection with no input for this long is closed.
 const SHUTDOWN_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Largest read straight into a large bulk's buffer (see `Parser::large_spare`): big enough
+/// that a 512 MiB value takes a few hundred reads, small enough that the mapping grows with
+/// what arrives.
+const DIRECT_READ_MAX_BYTES: usize = 4 << 20;
+
 /// Marks a reply produced on the connection's own shard in a round's order list.
 const LOCAL: u32 = u32::MAX;
 
@@ -126,35 +131,59 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
     let mut cmds: Vec<Vec<Bytes>> = Vec::new();
     loop {
         conn.info.borrow_mut().phase = "r";
-        // Read, unless shutdown was requested while we were idle.
-        let chunk_len = {
-            let read = stream.fill_buf();
-            // After shutdown is requested, keep serving while input keeps arriving (a pipeline
-            // already in the socket is finished); close once the client is idle. The event's
-            // waker registration lives and dies with this future (see `LocalEvent`): it must not
-            // pile up one waker per read.
-            let stop = async {
-                shard.shutdown.wait().await;
-                glommio::timer::sleep(SHUTDOWN_IDLE_CLOSE).await;
-            };
-            match futures_lite::future::or(async { Some(read.await) }, async {
-                stop.await;
-                None
-            })
-            .await
-            {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
-                Some(Ok([])) => return Ok(()),
-                Some(Ok(data)) => {
-                    // The payload of a large bulk skips the query buffer.
-                    let direct = parser.feed_large(data, qbuf.len());
-                    qbuf.extend_from_slice(&data[direct..]);
-                    data.len()
+        // Read, unless shutdown was requested while we were idle. After shutdown is requested,
+        // keep serving while input keeps arriving (a pipeline already in the socket is
+        // finished); close once the client is idle. The event's waker registration lives and
+        // dies with this future (see `LocalEvent`): it must not pile up one waker per read.
+        let stop = async {
+            shard.shutdown.wait().await;
+            glommio::timer::sleep(SHUTDOWN_IDLE_CLOSE).await;
+        };
+        let chunk_len = match parser.large_spare(DIRECT_READ_MAX_BYTES, qbuf.len()) {
+            // The payload of a large bulk is read from the socket straight into its own buffer,
+            // in reads of up to `DIRECT_READ_MAX_BYTES` (glommio reads directly into a buffer
+            // at least as large as its own when that is empty).
+            Some(Ok(room)) => {
+                let read = futures_lite::AsyncReadExt::read(&mut stream, room);
+                match futures_lite::future::or(async { Some(read.await) }, async {
+                    stop.await;
+                    None
+                })
+                .await
+                {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(0)) => return Ok(()),
+                    Some(Ok(n)) => {
+                        parser.large_filled(n);
+                        n
+                    }
                 }
             }
+            // Otherwise (or if the buffer could not grow: `parse` reports that) through the
+            // stream's read buffer.
+            _ => {
+                let read = stream.fill_buf();
+                let n = match futures_lite::future::or(async { Some(read.await) }, async {
+                    stop.await;
+                    None
+                })
+                .await
+                {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok([])) => return Ok(()),
+                    Some(Ok(data)) => {
+                        // What belongs to a large bulk skips the query buffer.
+                        let direct = parser.feed_large(data, qbuf.len());
+                        qbuf.extend_from_slice(&data[direct..]);
+                        data.len()
+                    }
+                };
+                stream.consume(n);
+                n
+            }
         };
-        stream.consume(chunk_len);
         shard.stats.net_input_bytes.set(shard.stats.net_input_bytes.get() + chunk_len as u64);
         conn.info.borrow_mut().phase = "x";
         let parsed = parser.parse(&mut qbuf, &mut cmds);

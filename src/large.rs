@@ -57,8 +57,9 @@ pub struct MapError {
 }
 
 /// A growable byte buffer in its own anonymous mapping. Filled once, then frozen into a
-/// [`Bytes`]. Never reserves more than `min(declared, received + max(received / 4, 256 KiB))`
-/// rounded up to a page.
+/// [`Bytes`]. Never maps more than the target, nor more than the bytes received plus the larger
+/// of a quarter of them (at least 256 KiB) and the room last asked for by [`LargeBuf::spare`],
+/// rounded up to a page. Untouched pages of the mapping cost address space, not memory.
 pub struct LargeBuf {
     ptr: Option<NonNull<u8>>,
     len: usize,
@@ -122,6 +123,25 @@ impl LargeBuf {
         }
         self.len = need;
         Ok(())
+    }
+
+    /// Up to `max` bytes of room after the bytes held (never past the target), mapped now, for
+    /// a read straight into the buffer; then [`filled`](Self::filled) says how many arrived.
+    pub fn spare(&mut self, max: usize) -> Result<&mut [u8], MapError> {
+        let n = max.min(self.missing());
+        self.reserve_to(self.len + n)?;
+        match self.ptr {
+            // SAFETY: `len + n <= mapped` bytes of our mapping (anonymous memory reads as
+            // zeros, so the bytes are initialized), uniquely borrowed.
+            Some(p) => Ok(unsafe { std::slice::from_raw_parts_mut(p.as_ptr().add(self.len), n) }),
+            None => Ok(&mut []),
+        }
+    }
+
+    /// `n` bytes were written into [`spare`](Self::spare) room.
+    pub fn filled(&mut self, n: usize) {
+        assert!(n <= self.missing() && self.len + n <= self.mapped, "large buffer overfilled");
+        self.len += n;
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {

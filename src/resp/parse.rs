@@ -296,6 +296,21 @@ impl Parser {
         }
     }
 
+    /// Room to read the large bulk being read into directly (at most `max` bytes, never past
+    /// its end), when one is and the caller's buffer holds nothing after it (`buffered == 0`).
+    /// After a read, [`large_filled`](Self::large_filled) says how many bytes arrived.
+    pub fn large_spare(&mut self, max: usize, buffered: usize) -> Option<Result<&mut [u8], MapError>> {
+        let large = self.large.as_mut().filter(|l| buffered == 0 && l.missing() > 0)?;
+        Some(large.spare(max))
+    }
+
+    /// `n` bytes were read into [`large_spare`](Self::large_spare)'s room.
+    pub fn large_filled(&mut self, n: usize) {
+        if let Some(large) = self.large.as_mut() {
+            large.filled(n);
+        }
+    }
+
     /// How many more bytes the bulk string being read needs (its CRLF included), if one is
     /// being read, given `buffered` bytes in the caller's buffer.
     pub fn bulk_bytes_missing(&self, buffered: usize) -> usize {
