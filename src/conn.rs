@@ -37,6 +37,10 @@ const SHUTDOWN_IDLE_CLOSE: std::time::Duration = std::time::Duration::from_milli
 /// what arrives.
 const DIRECT_READ_MAX_BYTES: usize = 4 << 20;
 
+/// One shard's replies to a batch: the encoded replies, the end offset of each, the large
+/// values they refer to.
+type BatchReplies = (Vec<u8>, Vec<usize>, LargeRefs);
+
 /// Marks a reply produced on the connection's own shard in a round's order list.
 const LOCAL: u32 = u32::MAX;
 
@@ -491,7 +495,7 @@ async fn flush_round(
             calls.push((s, shard.send(s, Request::Batch { proto, cmds }).await));
         }
     }
-    let mut replies: Vec<Option<(Vec<u8>, Vec<usize>, LargeRefs)>> = vec![None; round.batches.len()];
+    let mut replies: Vec<Option<BatchReplies>> = vec![None; round.batches.len()];
     let mut durable = true;
     for (s, call) in calls {
         if let Some(call) = call {

@@ -193,7 +193,7 @@ fn large_values_on_both_shards_pipelined_and_renamed_hold_one_copy() {
     // A SETRANGE on a large value builds the new value beside the old (the old may be in a
     // reply or the log): one new copy, no more.
     let before = reset_peak(pid);
-    let n: i64 = redis::cmd("SETRANGE").arg(&k1).arg(0).arg(&pattern(11, 0, 10)).query(&mut r).unwrap();
+    let n: i64 = redis::cmd("SETRANGE").arg(&k1).arg(0).arg(pattern(11, 0, 10)).query(&mut r).unwrap();
     assert_eq!(n, len as i64);
     assert_one_copy(pid, before, len, "SETRANGE");
     get_streamed(&mut c, &k1, 11, len);
