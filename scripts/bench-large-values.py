@@ -86,6 +86,9 @@ def main():
         at += n
     get_s = time.time() - t
     get_growth = status_kb(pid, "VmHWM:") * 1024 - before_get
+    # The peak is reset to the RSS of that moment, so growth is never below 0 but for the kB
+    # the RSS moved between the reset and reading it.
+    set_growth, get_growth = max(0, set_growth), max(0, get_growth)
     print(f"{before / MIB:.0f} {set_growth / MIB:.0f} {set_s:.2f} {get_growth / MIB:.0f} {get_s:.2f}")
 
 
