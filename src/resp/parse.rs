@@ -386,26 +386,37 @@ impl Parser {
         // Everything before the start of the current command is complete.
         let consumed = self.cmd_start;
         let frozen = buf.split_to(consumed).freeze();
-        for &(a, b) in &self.done_cmds {
-            if a == b {
-                continue;
+        if self.owned.is_empty() {
+            // The common case: every argument is a slice of what was just split off.
+            for &(a, b) in &self.done_cmds {
+                if a != b {
+                    out.push(self.done_ranges[a..b].iter().map(|&(s, e)| frozen.slice(s..e)).collect());
+                }
             }
-            let owned = &mut self.owned;
-            let arg = |&(s, e): &(usize, usize)| match s {
-                OWNED => std::mem::take(&mut owned[e]),
-                s => frozen.slice(s..e),
-            };
-            out.push(self.done_ranges[a..b].iter().map(arg).collect());
+        } else {
+            for &(a, b) in &self.done_cmds {
+                if a == b {
+                    continue;
+                }
+                let owned = &mut self.owned;
+                let arg = |&(s, e): &(usize, usize)| match s {
+                    OWNED => std::mem::take(&mut owned[e]),
+                    s => frozen.slice(s..e),
+                };
+                out.push(self.done_ranges[a..b].iter().map(arg).collect());
+            }
+            if !self.ranges.iter().any(|r| r.0 == OWNED) {
+                self.owned.clear();
+            }
         }
         self.done_cmds.clear();
         self.done_ranges.clear();
-        if !self.ranges.iter().any(|r| r.0 == OWNED) {
-            self.owned.clear();
-        }
         self.pos -= consumed;
-        for r in self.ranges.iter_mut().filter(|r| r.0 != OWNED) {
-            r.0 -= consumed;
-            r.1 -= consumed;
+        for r in &mut self.ranges {
+            if r.0 != OWNED {
+                r.0 -= consumed;
+                r.1 -= consumed;
+            }
         }
         if self.line_scan >= consumed {
             self.line_scan -= consumed;
