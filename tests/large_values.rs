@@ -305,3 +305,32 @@ fn a_large_value_the_kernel_cannot_map_gets_an_error_and_the_server_goes_on() {
     let pong: String = redis::cmd("PING").query(&mut r).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+#[test]
+fn large_values_are_counted_exactly_and_evicted_within_maxmemory() {
+    if Server::own_only() {
+        return;
+    }
+    let server =
+        Server::start_with(1, &["--durability", "off", "--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
+    let pid = server.pid().expect("own server");
+    let mut c = connect(server.addr);
+    let len = 30 * MIB + 5;
+    for i in 0..6u8 {
+        assert_eq!(set_streamed(&mut c, &format!("lv:{i}"), i, len), "+OK");
+        // A large value counts its length in whole pages plus a small owner record, and the
+        // limit holds after every write.
+        let used = used_memory(&mut c);
+        assert!(used <= 100 * MIB, "used_memory {used} over the 100 MiB limit after value {i}");
+        assert!(used >= len.min(100 * MIB), "used_memory {used} below the value it holds");
+    }
+    // Three 30 MiB values fit in 100 MiB, a fourth does not: the three newest are kept.
+    let mut r = server.client();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut r).unwrap();
+    assert_eq!(n, 3);
+    for i in 3..6u8 {
+        get_streamed(&mut c, &format!("lv:{i}"), i, len);
+    }
+    let rss = status_kb(pid, "VmRSS:") * 1024;
+    assert!(rss < 100 * MIB + 48 * MIB, "RSS {} MiB with a 100 MiB limit", rss / MIB);
+}
