@@ -164,8 +164,8 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
                     }
                 }
             }
-            // Otherwise (or if the buffer could not grow: `parse` reports that) through the
-            // stream's read buffer.
+            // Otherwise (or if the buffer could not grow: `parse` reports that when it moves
+            // the bytes) through the stream's read buffer and the query buffer.
             _ => {
                 let read = stream.fill_buf();
                 let n = match futures_lite::future::or(async { Some(read.await) }, async {
@@ -178,9 +178,7 @@ async fn run(conn: &mut Conn, mut stream: TcpStream<glommio::net::Preallocated>)
                     Some(Err(e)) => return Err(e),
                     Some(Ok([])) => return Ok(()),
                     Some(Ok(data)) => {
-                        // What belongs to a large bulk skips the query buffer.
-                        let direct = parser.feed_large(data, qbuf.len());
-                        qbuf.extend_from_slice(&data[direct..]);
+                        qbuf.extend_from_slice(data);
                         data.len()
                     }
                 };

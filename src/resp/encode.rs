@@ -53,8 +53,10 @@ pub fn append_replies(
     let base = out.len();
     out.extend_from_slice(&buf[start..end]);
     // A large value sits strictly inside its reply: after the `$n` line, before the CRLF.
-    out_refs
-        .extend(refs.iter().filter(|(at, _)| *at > start && *at < end).map(|(at, v)| (base + at - start, v.clone())));
+    // `refs` is in offset order: find the first one in the range, take while inside it.
+    let first = refs.partition_point(|(at, _)| *at <= start);
+    let inside = refs[first..].iter().take_while(|(at, _)| *at < end);
+    out_refs.extend(inside.map(|(at, v)| (base + at - start, v.clone())));
 }
 
 /// Appends replies to a buffer.
@@ -271,5 +273,31 @@ mod tests {
         assert_eq!(format_double(10.5), "10.5");
         assert_eq!(format_double(f64::INFINITY), "inf");
         assert_eq!(format_double(0.1 + 0.2), "0.30000000000000004");
+    }
+
+    #[test]
+    fn large_values_are_referred_to_and_move_with_their_replies() {
+        let big = Bytes::from(vec![7u8; 10]);
+        let (mut buf, mut refs) = (Vec::new(), Vec::new());
+        let mut w = ReplyWriter::with_large(&mut buf, &mut refs, Protocol::Resp2);
+        w.ok();
+        w.bulk_value(&big, Some(&big));
+        w.bulk_value(b"small", None);
+        w.bulk_value(&big, Some(&big));
+        assert_eq!(buf, b"+OK\r\n$10\r\n\r\n$5\r\nsmall\r\n$10\r\n\r\n");
+        assert_eq!(refs.iter().map(|(at, v)| (*at, v.len())).collect::<Vec<_>>(), vec![(10, 10), (28, 10)]);
+        // Without a place for references, the bytes are copied.
+        let mut copied = Vec::new();
+        ReplyWriter::new(&mut copied, Protocol::Resp2).bulk_value(&big, Some(&big));
+        assert_eq!(copied, [b"$10\r\n".as_slice(), &[7u8; 10], b"\r\n"].concat());
+        // Replies 2 to 4 (offsets 5..30) appended after 3 bytes: their references move along.
+        let (mut out, mut out_refs) = (b"abc".to_vec(), Vec::new());
+        append_replies(&mut out, &mut out_refs, &buf, &refs, 5, 30);
+        assert_eq!(&out[3..], &buf[5..30]);
+        assert_eq!(out_refs.iter().map(|(at, _)| *at).collect::<Vec<_>>(), vec![8, 26]);
+        // A range without a large value takes none.
+        let mut none = Vec::new();
+        append_replies(&mut Vec::new(), &mut none, &buf, &refs, 0, 5);
+        assert!(none.is_empty());
     }
 }

@@ -280,22 +280,6 @@ impl Parser {
         }
     }
 
-    /// Moves the front of `data` straight into the large bulk being read, if one is and the
-    /// caller's buffer holds nothing after it (`buffered == 0`); returns how many bytes were
-    /// taken. Saves the connection a copy through its buffer. The rest of `data` (the bulk's
-    /// CRLF, later commands) goes to the buffer and [`parse`](Self::parse) as usual; a mapping
-    /// that fails here takes nothing, and `parse` then reports the error.
-    pub fn feed_large(&mut self, data: &[u8], buffered: usize) -> usize {
-        let Some(large) = self.large.as_mut().filter(|_| buffered == 0) else {
-            return 0;
-        };
-        let take = large.missing().min(data.len());
-        match large.extend_from_slice(&data[..take]) {
-            Ok(()) => take,
-            Err(_) => 0,
-        }
-    }
-
     /// Room to read the large bulk being read into directly (at most `max` bytes, never past
     /// its end), when one is and the caller's buffer holds nothing after it (`buffered == 0`).
     /// After a read, [`large_filled`](Self::large_filled) says how many bytes arrived.
@@ -833,20 +817,36 @@ mod tests {
     }
 
     #[test]
-    fn fed_large_bulk_bytes_are_the_same_as_parsed_ones() {
+    fn large_bulk_bytes_read_into_its_room_are_the_same_as_parsed_ones() {
         let big: Vec<u8> = (0..(1 << 20) + 77).map(|i| (i % 239) as u8).collect();
         let input = [multibulk(&[b"SET", b"k", &big]), multibulk(&[b"GET", b"k"])].concat();
         let mut p = Parser::new(Limits::default());
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
-        for piece in input.chunks(16 * 1024) {
-            // As the connection does: what the large bulk takes skips the buffer.
-            let direct = p.feed_large(piece, buf.len());
-            buf.extend_from_slice(&piece[direct..]);
+        let mut at = 0;
+        let mut direct = 0;
+        while at < input.len() {
+            // As the connection does: while a large bulk waits for bytes and nothing is buffered
+            // after it, read into its room (here in 64 KiB reads); otherwise into the buffer.
+            match p.large_spare(64 * 1024, buf.len()) {
+                Some(Ok(room)) => {
+                    let n = room.len().min(input.len() - at);
+                    room[..n].copy_from_slice(&input[at..at + n]);
+                    p.large_filled(n);
+                    at += n;
+                    direct += n;
+                }
+                _ => {
+                    let n = (16 * 1024).min(input.len() - at);
+                    buf.extend_from_slice(&input[at..at + n]);
+                    at += n;
+                }
+            }
             p.parse(&mut buf, &mut out).unwrap();
         }
         let got: Vec<Vec<Vec<u8>>> = out.iter().map(|c| c.iter().map(|a| a.to_vec()).collect()).collect();
         assert_eq!(got, vec![vec![b"SET".to_vec(), b"k".to_vec(), big.clone()], vec![b"GET".to_vec(), b"k".to_vec()]]);
         assert!(buf.is_empty());
+        assert!(direct >= big.len() - 16 * 1024, "only {direct} bytes went straight into the bulk's buffer");
     }
 }
