@@ -194,7 +194,7 @@ impl LogFile {
 
     /// Writes `data` (a multiple of the block size, for direct I/O; at most
     /// [`WRITE_CHUNK_BYTES`]) at `pos` and makes it durable before returning. Used for the
-    /// segment header block.
+    /// segment header block and for flushes that are one contiguous chunk.
     pub async fn write_durable(&self, data: &[u8], pos: u64) -> io::Result<()> {
         let buf = AlignedBuf::copy_of(data)?;
         self.write_chunk(buf, data.len(), pos, true).await.map(drop)
@@ -208,6 +208,11 @@ impl LogFile {
         let total = flush.len_bytes();
         if total == 0 {
             return Ok(());
+        }
+        // The common case, small records and no shared value: one aligned copy and one write,
+        // as before large values (no zeroed staging buffer).
+        if let Some(bytes) = flush.as_contiguous().filter(|b| b.len() <= WRITE_CHUNK_BYTES) {
+            return self.write_durable(bytes, pos).await;
         }
         let mut staging = AlignedBuf::zeroed(total.min(WRITE_CHUNK_BYTES))?;
         let mut done = 0;
@@ -241,7 +246,11 @@ impl LogFile {
                 let (buf, r) = glommio::executor()
                     .spawn_blocking(move || {
                         // O_DSYNC: durable when write_all_at returns (a short write continues).
-                        let r = buf.as_slice().get(..len).map_or(Ok(()), |d| f.write_all_at(d, pos));
+                        let r = buf
+                            .as_slice()
+                            .get(..len)
+                            .ok_or_else(|| io::Error::other("chunk longer than its buffer"))
+                            .and_then(|d| f.write_all_at(d, pos));
                         (buf, r)
                     })
                     .await;

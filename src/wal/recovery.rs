@@ -296,9 +296,11 @@ impl LogScanner {
                 let rest = bytes.get(BLOCK_SIZE..).unwrap_or(&[]);
                 let mut read = BLOCK_SIZE;
                 let zeros = rest.chunks(SCAN_PROGRESS_BYTES).all(|c| {
+                    // Read the chunk before reporting it read (the report may release its pages).
+                    let zero = is_zero(c);
                     read += c.len();
                     progress(read);
-                    is_zero(c)
+                    zero
                 });
                 if zeros {
                     self.pending = Some(Pending { segment_lsn, damage });

@@ -25,8 +25,10 @@
 //! then the records) drop the mapped pages they have finished with, a window of
 //! [`RELEASE_WINDOW_BYTES`] at a time, and a value of at least that size is copied into its
 //! entry chunk by chunk, each chunk's source pages dropped behind the copy. So beside the
-//! entries it builds, replay keeps at most about `RELEASE_WINDOW_BYTES` + [`SCAN_PROGRESS_BYTES`](super::format::SCAN_PROGRESS_BYTES)
-//! (9 MiB) of a segment resident, whatever the segment's size. (The pages stay in the page
+//! entries it builds, replay keeps a bounded part of a segment resident, whatever the
+//! segment's size: the window, plus what lies between two progress reports (1 MiB,
+//! [`SCAN_PROGRESS_BYTES`](super::format::SCAN_PROGRESS_BYTES), inside a large record; a
+//! flush of small records; 8 MiB of a large value's copy): about 16 MiB (`docs/WAL.md`). (The pages stay in the page
 //! cache, which the kernel reclaims as it needs.) [`RecoveryMode::decide`] then says what to do about a torn tail or corruption,
 //! and the action is carried out on disk before the shard writes anything.
 //!
